@@ -1,0 +1,483 @@
+#include "features/feature_store.h"
+
+#include <chrono>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/status.h"
+
+namespace kosh::features {
+
+int64_t SystemNowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string StorageKey(uint32_t group_id, const v1::EntityKey& key) {
+  std::string out;
+  size_t total = 4;
+  for (const auto& p : key.parts()) total += p.size() + 2;
+  out.reserve(total);
+  out.push_back(static_cast<char>(group_id >> 24));
+  out.push_back(static_cast<char>(group_id >> 16));
+  out.push_back(static_cast<char>(group_id >> 8));
+  out.push_back(static_cast<char>(group_id));
+  for (const auto& p : key.parts()) {
+    uint64_t n = p.size();
+    while (n >= 0x80) {
+      out.push_back(static_cast<char>(n | 0x80));
+      n >>= 7;
+    }
+    out.push_back(static_cast<char>(n));
+    out.append(p);
+  }
+  return out;
+}
+
+bool FeatureStore::RowExpired(absl::string_view value, int64_t now_unix_s) {
+  uint32_t expiry;
+  if (!PeekExpiry(value, &expiry)) return false;  // never drop what we cannot read
+  return expiry != 0 && now_unix_s >= static_cast<int64_t>(expiry);
+}
+
+FeatureStore::FeatureStore(storage::Engine* engine, storage::Keyspace ks, Registry* registry,
+                           FeatureStoreOptions options, base::MetricsRegistry* metrics, Clock clock)
+    : engine_(engine),
+      ks_(ks),
+      registry_(registry),
+      options_(options),
+      clock_(std::move(clock)),
+      cache_(options.cache_bytes) {
+  const char* names[5] = {"unspecified", "present", "default", "expired", "missing"};
+  for (int i = 0; i < 5; ++i) {
+    values_by_status_[i] = metrics->GetCounter(
+        "kosh_feature_values_total", "Feature values served, by status.", {{"status", names[i]}});
+  }
+  corrupt_rows_ = metrics->GetCounter("kosh_feature_corrupt_rows_total",
+                                      "Stored rows that failed to decode and were served as errors.");
+  metrics->AddGauge("kosh_feature_cache_bytes", "Bytes held by the hot row cache.", [this] {
+    return std::vector<std::pair<base::Labels, double>>{{{}, double(cache_.bytes())}};
+  });
+  metrics->AddGauge("kosh_feature_cache_capacity_bytes", "Capacity of the hot row cache.", [this] {
+    return std::vector<std::pair<base::Labels, double>>{{{}, double(cache_.capacity_bytes())}};
+  });
+  metrics->AddGauge("kosh_feature_cache_entries", "Rows held by the hot row cache.", [this] {
+    return std::vector<std::pair<base::Labels, double>>{{{}, double(cache_.entries())}};
+  });
+  metrics->AddGauge("kosh_feature_cache_lookups_total", "Hot row cache lookups by result.", [this] {
+    return std::vector<std::pair<base::Labels, double>>{
+        {{{"result", "hit"}}, double(cache_.hits())}, {{{"result", "miss"}}, double(cache_.misses())}};
+  });
+  metrics->AddGauge("kosh_feature_cache_hit_ratio", "Hot row cache hits / lookups since start.", [this] {
+    double h = double(cache_.hits()), m = double(cache_.misses());
+    return std::vector<std::pair<base::Labels, double>>{{{}, h + m > 0 ? h / (h + m) : 0.0}};
+  });
+  metrics->AddGauge("kosh_feature_cache_evictions_total", "Rows evicted from the hot row cache.", [this] {
+    return std::vector<std::pair<base::Labels, double>>{{{}, double(cache_.evictions())}};
+  });
+}
+
+// A resolved read request: the groups involved and, per output column, where it comes from.
+struct FeatureStore::Plan {
+  std::shared_ptr<const Snapshot> snap;
+  const EntityInfo* entity = nullptr;
+  struct GroupRead {
+    const GroupInfo* group;
+    std::vector<std::string> rows;  // encoded row per key; empty = absent
+    // Per stored version (index v-1): for each of this group's columns, the field index in that
+    // version's layout, or -1 when the version lacks the feature. Filled lazily.
+    std::vector<std::vector<int>> field_of_column;
+  };
+  std::vector<GroupRead> groups;
+  struct ColumnRef {
+    int group;            // index into groups
+    int group_column;     // index among the group's columns
+    FeatureSpec spec;     // the column's definition (latest version that has it)
+  };
+  std::vector<ColumnRef> columns;
+  std::vector<std::vector<int>> group_columns;  // per group: indices into columns
+  int64_t now = 0;
+};
+
+absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, Plan* plan) {
+  plan->snap = registry_->snapshot();
+  plan->entity = plan->snap->FindEntity(req.entity());
+  if (plan->entity == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("entity: unknown entity \"", req.entity(), "\""));
+  }
+  if (static_cast<uint32_t>(req.keys_size()) > options_.max_keys_per_request) {
+    return absl::ResourceExhaustedError(absl::StrCat("keys: ", req.keys_size(),
+                                                     " keys exceeds the limit of ",
+                                                     options_.max_keys_per_request, " per request"));
+  }
+  if (req.features().empty()) {
+    return absl::InvalidArgumentError("features: name at least one feature (\"group.feature\" or \"group.*\")");
+  }
+  const int key_parts = plan->entity->def.key_columns_size();
+  for (int i = 0; i < req.keys_size(); ++i) {
+    const auto& k = req.keys(i);
+    if (k.parts_size() != key_parts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "keys[", i, "]: entity \"", req.entity(), "\" is keyed by (",
+          absl::StrJoin(plan->entity->def.key_columns(), ", "), "): expected ", key_parts,
+          " part", key_parts == 1 ? "" : "s", ", got ", k.parts_size()));
+    }
+    for (int p = 0; p < k.parts_size(); ++p) {
+      if (k.parts(p).size() > options_.max_key_part_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].parts[", p, "]: ", k.parts(p).size(),
+                                                       " bytes exceeds the limit of ",
+                                                       options_.max_key_part_bytes));
+      }
+    }
+  }
+  absl::flat_hash_map<const GroupInfo*, int> group_index;
+  auto add_column = [&](const GroupInfo* g, const FeatureSpec& spec) {
+    auto [it, inserted] = group_index.try_emplace(g, static_cast<int>(plan->groups.size()));
+    if (inserted) {
+      plan->groups.push_back({g, {}, {}});
+      plan->group_columns.emplace_back();
+    }
+    int gi = it->second;
+    int gc = static_cast<int>(plan->group_columns[gi].size());
+    plan->group_columns[gi].push_back(static_cast<int>(plan->columns.size()));
+    plan->columns.push_back({gi, gc, spec});
+  };
+  for (int j = 0; j < req.features_size(); ++j) {
+    const std::string& ref = req.features(j);
+    size_t dot = ref.find('.');
+    if (dot == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("features[", j, "]: \"", ref,
+                                                     "\" is not \"group.feature\" or \"group.*\""));
+    }
+    absl::string_view gname = absl::string_view(ref).substr(0, dot);
+    absl::string_view fname = absl::string_view(ref).substr(dot + 1);
+    auto git = plan->entity->groups.find(gname);
+    if (git == plan->entity->groups.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("features[", j, "]: unknown feature group \"", gname,
+                                                     "\" of entity \"", req.entity(), "\""));
+    }
+    const GroupInfo* g = git->second.get();
+    if (fname == "*") {
+      for (const auto& name : g->latest_names) add_column(g, g->all_features.at(name));
+      continue;
+    }
+    auto fit = g->all_features.find(fname);
+    if (fit == g->all_features.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("features[", j, "]: unknown feature \"", fname,
+                                                     "\" in group \"", gname, "\""));
+    }
+    add_column(g, fit->second);
+  }
+  plan->now = clock_();
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Looks up every key of one group through the cache, then the engine for the misses.
+absl::Status FetchGroup(storage::Engine* engine, storage::Keyspace ks, RowCache* cache,
+                        uint32_t group_id, const google::protobuf::RepeatedPtrField<v1::EntityKey>& keys,
+                        std::vector<std::string>* rows) {
+  const size_t n = keys.size();
+  rows->assign(n, std::string());
+  std::vector<std::string> skeys(n);
+  std::vector<size_t> miss;
+  std::vector<RowCache::Ticket> tickets;
+  for (size_t i = 0; i < n; ++i) {
+    skeys[i] = StorageKey(group_id, keys[static_cast<int>(i)]);
+    RowCache::Ticket t;
+    if (!cache->Lookup(skeys[i], &(*rows)[i], &t)) {
+      miss.push_back(i);
+      tickets.push_back(t);
+    }
+  }
+  if (miss.empty()) return absl::OkStatus();
+  std::vector<absl::string_view> mkeys(miss.size());
+  for (size_t m = 0; m < miss.size(); ++m) mkeys[m] = skeys[miss[m]];
+  std::vector<std::optional<std::string>> values;
+  RETURN_IF_ERROR(engine->MultiGet(ks, mkeys, &values));
+  for (size_t m = 0; m < miss.size(); ++m) {
+    std::string& row = (*rows)[miss[m]];
+    if (values[m].has_value()) row = std::move(*values[m]);
+    cache->Insert(mkeys[m], row, tickets[m]);
+  }
+  return absl::OkStatus();
+}
+
+// Maps a group's columns onto the fields of the layout of version `v`.
+const std::vector<int>& ColumnFields(const GroupInfo& g, uint32_t v, const std::vector<FeatureSpec>& specs,
+                                     std::vector<std::vector<int>>* cache) {
+  if (cache->size() < g.layouts.size()) cache->resize(g.layouts.size());
+  std::vector<int>& m = (*cache)[v - 1];
+  if (m.empty() && !specs.empty()) {
+    const Layout& layout = *g.layouts[v - 1];
+    m.resize(specs.size());
+    for (size_t c = 0; c < specs.size(); ++c) {
+      int idx = layout.IndexOf(specs[c].name());
+      // A feature retyped since that version reads as its default: the stored bytes are of
+      // another type than the column promises.
+      if (idx >= 0 && (layout.spec(idx).type() != specs[c].type() ||
+                       layout.spec(idx).vector_length() != specs[c].vector_length())) {
+        idx = -2;
+      }
+      m[c] = idx;
+    }
+  }
+  return m;
+}
+
+}  // namespace
+
+absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::RetrieveResponse* resp) {
+  Plan plan;
+  RETURN_IF_ERROR(MakePlan(req, &plan));
+  for (const auto& c : plan.columns) {
+    auto* col = resp->add_columns();
+    col->set_group(plan.groups[c.group].group->def.name());
+    col->set_feature(c.spec.name());
+    col->set_type(c.spec.type());
+    col->set_vector_length(c.spec.vector_length());
+  }
+  const int nkeys = req.keys_size();
+  const int ncols = static_cast<int>(plan.columns.size());
+  std::vector<Value> defaults(ncols);
+  for (int c = 0; c < ncols; ++c) defaults[c] = DefaultValue(plan.columns[c].spec);
+  for (int k = 0; k < nkeys; ++k) {
+    auto* row = resp->add_rows();
+    row->mutable_values()->Reserve(ncols);
+    for (int c = 0; c < ncols; ++c) row->add_values();
+    row->mutable_statuses()->Resize(ncols, v1::MISSING);
+  }
+  uint64_t counts[5] = {0, 0, 0, 0, 0};
+  std::string scratch;
+  for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
+    auto& gr = plan.groups[gi];
+    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.rows));
+    const std::vector<int>& cols = plan.group_columns[gi];
+    std::vector<FeatureSpec> specs;
+    for (int c : cols) specs.push_back(plan.columns[c].spec);
+    for (int k = 0; k < nkeys; ++k) {
+      auto* row = resp->mutable_rows(k);
+      const std::string& enc = gr.rows[k];
+      v1::ValueStatus row_status = v1::MISSING;
+      RowView view;
+      const Layout* layout = nullptr;
+      if (!enc.empty()) {
+        auto parsed = ParseRow(enc, &scratch);
+        if (parsed.ok()) layout = gr.group->layout(parsed->version);
+        if (!parsed.ok() || layout == nullptr || !CheckPayload(*layout, *parsed).ok()) {
+          corrupt_rows_->Inc();
+          return absl::DataLossError(absl::StrCat("keys[", k, "]: the stored row of group \"",
+                                                  gr.group->def.name(), "\" cannot be decoded"));
+        }
+        view = *parsed;
+        row_status = view.Expired(plan.now) ? v1::EXPIRED : v1::PRESENT;
+      }
+      const std::vector<int>* fields =
+          row_status == v1::PRESENT ? &ColumnFields(*gr.group, view.version, specs, &gr.field_of_column)
+                                    : nullptr;
+      for (size_t gc = 0; gc < cols.size(); ++gc) {
+        int c = cols[gc];
+        v1::ValueStatus st = row_status;
+        if (st == v1::PRESENT) {
+          int f = (*fields)[gc];
+          if (f >= 0 && view.Present(f)) {
+            DecodeValue(*layout, view, f, row->mutable_values(c));
+          } else {
+            st = v1::DEFAULT;
+          }
+        }
+        if (st != v1::PRESENT) *row->mutable_values(c) = defaults[c];
+        row->set_statuses(c, st);
+        ++counts[st];
+      }
+    }
+  }
+  for (int s = 0; s < 5; ++s) {
+    if (counts[s] != 0) values_by_status_[s]->Inc(counts[s]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
+                                          v1::RetrieveMatrixResponse* resp) {
+  Plan plan;
+  RETURN_IF_ERROR(MakePlan(req, &plan));
+  const int ncols = static_cast<int>(plan.columns.size());
+  std::vector<uint32_t> col_offset(ncols);
+  uint32_t width = 0;
+  for (int c = 0; c < ncols; ++c) {
+    const FeatureSpec& spec = plan.columns[c].spec;
+    if (!IsNumeric(spec.type())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "features: \"", plan.groups[plan.columns[c].group].group->def.name(), ".", spec.name(),
+          "\" is ", TypeName(spec.type()), "; the matrix form takes numeric features only"));
+    }
+    auto* col = resp->add_columns();
+    col->set_group(plan.groups[plan.columns[c].group].group->def.name());
+    col->set_feature(spec.name());
+    col->set_type(spec.type());
+    col->set_vector_length(spec.vector_length());
+    col_offset[c] = width;
+    width += MatrixWidth(spec);
+  }
+  const int nkeys = req.keys_size();
+  resp->set_num_rows(nkeys);
+  resp->set_num_cols(width);
+  resp->mutable_values()->Resize(nkeys * width, 0.0f);
+  resp->mutable_statuses()->Resize(nkeys * ncols, v1::MISSING);
+  float* out = resp->mutable_values()->mutable_data();
+  int* statuses = resp->mutable_statuses()->mutable_data();
+  // Defaults come from the column's own spec, through a one-feature layout.
+  std::vector<std::vector<float>> defaults(ncols);
+  for (int c = 0; c < ncols; ++c) {
+    Layout one(0, {plan.columns[c].spec});
+    auto d = one.DefaultFloats(0);
+    defaults[c].assign(d.begin(), d.end());
+  }
+  uint64_t counts[5] = {0, 0, 0, 0, 0};
+  std::string scratch;
+  for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
+    auto& gr = plan.groups[gi];
+    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.rows));
+    const std::vector<int>& cols = plan.group_columns[gi];
+    std::vector<FeatureSpec> specs;
+    for (int c : cols) specs.push_back(plan.columns[c].spec);
+    for (int k = 0; k < nkeys; ++k) {
+      const std::string& enc = gr.rows[k];
+      v1::ValueStatus row_status = v1::MISSING;
+      RowView view;
+      const Layout* layout = nullptr;
+      if (!enc.empty()) {
+        auto parsed = ParseRow(enc, &scratch);
+        if (parsed.ok()) layout = gr.group->layout(parsed->version);
+        if (!parsed.ok() || layout == nullptr || !CheckPayload(*layout, *parsed).ok()) {
+          corrupt_rows_->Inc();
+          return absl::DataLossError(absl::StrCat("keys[", k, "]: the stored row of group \"",
+                                                  gr.group->def.name(), "\" cannot be decoded"));
+        }
+        view = *parsed;
+        row_status = view.Expired(plan.now) ? v1::EXPIRED : v1::PRESENT;
+      }
+      const std::vector<int>* fields =
+          row_status == v1::PRESENT ? &ColumnFields(*gr.group, view.version, specs, &gr.field_of_column)
+                                    : nullptr;
+      float* row_out = out + static_cast<size_t>(k) * width;
+      for (size_t gc = 0; gc < cols.size(); ++gc) {
+        int c = cols[gc];
+        v1::ValueStatus st = row_status;
+        if (st == v1::PRESENT) {
+          int f = (*fields)[gc];
+          if (f >= 0 && view.Present(f)) {
+            DecodeFloats(*layout, view, f, row_out + col_offset[c]);
+          } else {
+            st = v1::DEFAULT;
+          }
+        }
+        if (st != v1::PRESENT) {
+          std::copy(defaults[c].begin(), defaults[c].end(), row_out + col_offset[c]);
+        }
+        statuses[static_cast<size_t>(k) * ncols + c] = st;
+        ++counts[st];
+      }
+    }
+  }
+  for (int s = 0; s < 5; ++s) {
+    if (counts[s] != 0) values_by_status_[s]->Inc(counts[s]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FeatureStore::Persist(const v1::PersistRequest& req, v1::PersistResponse* resp) {
+  auto snap = registry_->snapshot();
+  const EntityInfo* entity = snap->FindEntity(req.entity());
+  if (entity == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("entity: unknown entity \"", req.entity(), "\""));
+  }
+  auto git = entity->groups.find(req.group());
+  if (git == entity->groups.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("group: unknown feature group \"", req.group(),
+                                                   "\" of entity \"", req.entity(), "\""));
+  }
+  const GroupInfo& g = *git->second;
+  const Layout* layout = req.version() == 0 ? &g.latest() : g.layout(req.version());
+  if (layout == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("version: group \"", req.group(), "\" has versions 1 to ",
+                                                   g.layouts.size(), ", not ", req.version()));
+  }
+  if (req.rows().empty()) {
+    return absl::InvalidArgumentError("rows: no rows to write");
+  }
+  if (static_cast<uint32_t>(req.rows_size()) > options_.max_rows_per_write) {
+    return absl::ResourceExhaustedError(absl::StrCat("rows: ", req.rows_size(),
+                                                     " rows exceeds the limit of ",
+                                                     options_.max_rows_per_write, " per request"));
+  }
+  std::vector<int> fields;
+  if (req.features().empty()) {
+    for (size_t i = 0; i < layout->size(); ++i) fields.push_back(static_cast<int>(i));
+  } else {
+    std::vector<bool> seen(layout->size(), false);
+    for (int j = 0; j < req.features_size(); ++j) {
+      int idx = layout->IndexOf(req.features(j));
+      if (idx < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("features[", j, "]: unknown feature \"", req.features(j),
+                                                       "\" in version ", layout->version(), " of group \"",
+                                                       req.group(), "\""));
+      }
+      if (seen[idx]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("features[", j, "]: feature \"", req.features(j), "\" is named twice"));
+      }
+      seen[idx] = true;
+      fields.push_back(idx);
+    }
+  }
+  const int key_parts = entity->def.key_columns_size();
+  const int64_t now = clock_();
+  uint32_t expiry = 0;
+  if (g.def.ttl_seconds() > 0) {
+    int64_t e = now + g.def.ttl_seconds();
+    expiry = static_cast<uint32_t>(std::min<int64_t>(e, UINT32_MAX));
+  }
+  storage::WriteBatch batch;
+  std::vector<const Value*> values;
+  for (int r = 0; r < req.rows_size(); ++r) {
+    const auto& row = req.rows(r);
+    if (row.key().parts_size() != key_parts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rows[", r, "].key: entity \"", req.entity(), "\" is keyed by (",
+          absl::StrJoin(entity->def.key_columns(), ", "), "): expected ", key_parts, " part",
+          key_parts == 1 ? "" : "s", ", got ", row.key().parts_size()));
+    }
+    for (int p = 0; p < key_parts; ++p) {
+      if (row.key().parts(p).empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("rows[", r, "].key.parts[", p, "]: empty key part"));
+      }
+      if (row.key().parts(p).size() > options_.max_key_part_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("rows[", r, "].key.parts[", p, "]: ",
+                                                       row.key().parts(p).size(), " bytes exceeds the limit of ",
+                                                       options_.max_key_part_bytes));
+      }
+    }
+    if (static_cast<size_t>(row.values_size()) != fields.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("rows[", r, "].values: expected ", fields.size(),
+                                                     " values (one per feature), got ", row.values_size()));
+    }
+    values.clear();
+    for (const auto& v : row.values()) values.push_back(&v);
+    std::string encoded;
+    RETURN_IF_ERROR(EncodeRow(*layout, fields, values, expiry, options_.codec,
+                              absl::StrCat("rows[", r, "]"), &encoded));
+    batch.Put(ks_, StorageKey(g.def.id(), row.key()), std::move(encoded));
+  }
+  RETURN_IF_ERROR(engine_->Write(batch));
+  for (const auto& op : batch.ops()) cache_.Invalidate(op.key);
+  resp->set_rows_written(req.rows_size());
+  resp->set_version(layout->version());
+  return absl::OkStatus();
+}
+
+}  // namespace kosh::features

@@ -1,0 +1,120 @@
+#include "storage/engine.h"
+
+#include <filesystem>
+#include <random>
+
+#include "gtest/gtest.h"
+
+namespace kosh::storage {
+namespace {
+
+// Values starting with 'x' are expired.
+std::vector<KeyspaceOptions> Keyspaces() {
+  return {{"meta", nullptr},
+          {"data", [](absl::string_view v, int64_t) { return !v.empty() && v[0] == 'x'; }}};
+}
+
+std::string TempDir() {
+  std::random_device rd;
+  auto p = std::filesystem::temp_directory_path() / ("kosh_engine_test_" + std::to_string(rd()));
+  std::filesystem::remove_all(p);
+  return p.string();
+}
+
+class EngineTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    dir_ = TempDir();
+    Reopen();
+  }
+  void TearDown() override {
+    engine_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void Reopen() {
+    engine_.reset();
+    if (GetParam()) {
+      RocksDbOptions o;
+      o.path = dir_;
+      o.sync_writes = false;
+      auto e = OpenRocksDb(o, Keyspaces());
+      ASSERT_TRUE(e.ok()) << e.status();
+      engine_ = std::move(*e);
+    } else {
+      engine_ = NewMemoryEngine(Keyspaces());
+    }
+  }
+  std::optional<std::string> Get(Keyspace ks, absl::string_view key) {
+    std::vector<std::optional<std::string>> v;
+    absl::string_view keys[] = {key};
+    EXPECT_TRUE(engine_->MultiGet(ks, keys, &v).ok());
+    return v[0];
+  }
+  std::string dir_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_P(EngineTest, WriteThenMultiGetAcrossKeyspaces) {
+  WriteBatch b;
+  b.Put(0, "a", "meta-a");
+  b.Put(1, "a", "data-a");
+  b.Put(1, "b", "data-b");
+  ASSERT_TRUE(engine_->Write(b).ok());
+  EXPECT_EQ(Get(0, "a"), "meta-a");
+  std::vector<std::optional<std::string>> v;
+  std::vector<absl::string_view> keys = {"b", "zz", "a"};
+  ASSERT_TRUE(engine_->MultiGet(1, keys, &v).ok());
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_EQ(v[0], "data-b");
+  EXPECT_FALSE(v[1].has_value());
+  EXPECT_EQ(v[2], "data-a");
+
+  WriteBatch d;
+  d.Delete(1, "a");
+  ASSERT_TRUE(engine_->Write(d).ok());
+  EXPECT_FALSE(Get(1, "a").has_value());
+  EXPECT_EQ(Get(0, "a"), "meta-a");
+}
+
+TEST_P(EngineTest, ScanStaysInsidePrefixInOrder) {
+  WriteBatch b;
+  for (std::string k : {"p/2", "p/1", "q/1", "p/3", "o/9"}) b.Put(0, k, "v" + k);
+  ASSERT_TRUE(engine_->Write(b).ok());
+  std::vector<std::string> seen;
+  ASSERT_TRUE(engine_->Scan(0, "p/", [&](absl::string_view k, absl::string_view) {
+    seen.emplace_back(k);
+    return true;
+  }).ok());
+  EXPECT_EQ(seen, (std::vector<std::string>{"p/1", "p/2", "p/3"}));
+}
+
+TEST_P(EngineTest, CompactionDropsExpiredValuesOnlyInExpiringKeyspace) {
+  WriteBatch b;
+  b.Put(1, "live", "ok");
+  b.Put(1, "dead", "xpired");
+  b.Put(0, "meta", "xkept");
+  ASSERT_TRUE(engine_->Write(b).ok());
+  ASSERT_TRUE(engine_->Flush().ok());
+  ASSERT_TRUE(engine_->CompactAll(1).ok());
+  ASSERT_TRUE(engine_->CompactAll(0).ok());
+  EXPECT_EQ(Get(1, "live"), "ok");
+  EXPECT_FALSE(Get(1, "dead").has_value());
+  EXPECT_EQ(Get(0, "meta"), "xkept");
+}
+
+TEST_P(EngineTest, RocksDbSurvivesReopen) {
+  if (!GetParam()) GTEST_SKIP() << "the memory engine is not durable";
+  WriteBatch b;
+  b.Put(1, "k", "v");
+  ASSERT_TRUE(engine_->Write(b).ok());
+  Reopen();
+  EXPECT_EQ(Get(1, "k"), "v");
+  auto stats = engine_->Stats();
+  EXPECT_FALSE(stats.empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, EngineTest, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "RocksDb" : "Memory"; });
+
+}  // namespace
+}  // namespace kosh::storage
