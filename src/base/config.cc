@@ -24,10 +24,19 @@ absl::StatusOr<std::string> ExpandEnv(
   std::string out;
   out.reserve(text.size());
   int line = 1;
+  bool comment_line = false;  // YAML comment lines are copied verbatim
+  bool line_start = true;
   for (size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
-    if (c == '\n') ++line;
-    if (c != '$') {
+    if (c == '\n') {
+      ++line;
+      comment_line = false;
+      line_start = true;
+    } else if (line_start && c != ' ' && c != '\t') {
+      comment_line = c == '#';
+      line_start = false;
+    }
+    if (c != '$' || comment_line) {
       out.push_back(c);
       continue;
     }

@@ -15,7 +15,7 @@ namespace kosh::base {
 
 // Returns `text` with every ${VAR} replaced by the value of environment variable VAR and every
 // ${VAR:-default} by VAR's value, or `default` when VAR is unset or empty. "$$" stands for a
-// literal "$". An unset ${VAR} without a default, or an unterminated "${", is INVALID_ARGUMENT
+// literal "$". Lines whose first non-blank character is '#' (YAML comments) are left alone. An unset ${VAR} without a default, or an unterminated "${", is INVALID_ARGUMENT
 // naming the variable and the line. `lookup` returns nullopt for an unset variable; it defaults
 // to getenv.
 absl::StatusOr<std::string> ExpandEnv(

@@ -39,6 +39,10 @@ TEST(ExpandEnv, UnsetWithoutDefaultNamesVariableAndLine) {
   EXPECT_NE(r.status().message().find("line 2"), std::string::npos);
 }
 
+TEST(ExpandEnv, CommentLinesAreLeftAlone) {
+  EXPECT_EQ(*ExpandEnv("  # token: ${UNSET_TOKEN}\na: ${PORT}", Env), "  # token: ${UNSET_TOKEN}\na: 9000");
+}
+
 TEST(ExpandEnv, UnterminatedIsAnError) {
   EXPECT_FALSE(ExpandEnv("x: ${PORT\n}", Env).ok());
   EXPECT_FALSE(ExpandEnv("x: ${bad-name}", Env).ok());

@@ -310,7 +310,7 @@ Layout::Layout(uint32_t version, std::vector<FeatureSpec> specs)
   // conversion rules are exactly those of stored values.
   for (size_t i = 0; i < specs_.size(); ++i) {
     if (!IsNumeric(specs_[i].type())) continue;
-    Layout single(0, {});
+    Layout single(1, {});  // any version but 0, which ParseRow rejects
     single.specs_ = {specs_[i]};
     single.fields_ = {fields_[i]};
     single.fields_[0].offset = 0;
@@ -422,13 +422,11 @@ absl::Status EncodeRow(const Layout& layout, absl::Span<const int> fields,
   }
   for (uint32_t k = 0; k < layout.num_var(); ++k) payload.append(var_data[k].data(), var_data[k].size());
 
-  bool all_present = fields.size() == n;
-  if (!all_present) {
-    // Fields may repeat only if the caller passed duplicates; count distinct ones.
-    size_t distinct = 0;
-    for (const Value* v : by_field) distinct += v != nullptr;
-    all_present = distinct == n;
-  }
+  // Fields may repeat if the caller passed duplicates, so count distinct ones even when
+  // fields.size() == n (e.g. {0, 0} for two features leaves feature 1 unset).
+  size_t distinct = 0;
+  for (const Value* v : by_field) distinct += v != nullptr;
+  const bool all_present = distinct == n;
 
   std::string compressed;
   bool use_compressed = false;

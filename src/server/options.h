@@ -1,0 +1,58 @@
+// Server configuration: one YAML file (with ${VAR} substitution), defaults for everything, and
+// command-line flags that override it. docs/operations.md lists every option.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "features/feature_store.h"
+#include "features/registry.h"
+#include "storage/engine.h"
+#include "yaml-cpp/yaml.h"
+
+namespace kosh::server {
+
+enum class Scope : uint8_t { kRead = 1, kWrite = 2, kAdmin = 4 };
+
+struct Caller {
+  std::string name;
+  uint8_t scopes = 0;  // bit set of Scope
+};
+
+struct AuthOptions {
+  bool enabled = false;
+  // token -> caller
+  std::vector<std::pair<std::string, Caller>> tokens;
+};
+
+struct ServerOptions {
+  std::string grpc_address = "0.0.0.0:7070";
+  std::string http_address = "0.0.0.0:7080";
+  int http_threads = 2;
+  int64_t grace_period_ms = 10000;
+  uint64_t max_message_bytes = 16ull << 20;
+  std::string port_file;  // if set, {"grpc": port, "http": port} is written here once listening
+
+  storage::RocksDbOptions storage;  // storage.path defaults to ./data
+  features::FeatureStoreOptions features;
+  features::RegistryLimits registry;
+  std::vector<std::string> schema_files;
+  AuthOptions auth;
+  std::string log_level = "info";
+};
+
+// Parses a configuration document (already loaded YAML). Unknown options are errors naming their
+// path, so a typo never silently falls back to a default.
+absl::StatusOr<ServerOptions> ParseServerOptions(const YAML::Node& root);
+
+// Applies command-line flags of `kosh serve` to `options`: --config is handled by the caller;
+// --grpc-address, --http-address, --data-dir, --schema (repeatable), --port-file, --log-level,
+// --grace-period. `args` are the flags after the subcommand.
+absl::Status ApplyFlags(const std::vector<std::string>& args, ServerOptions* options);
+
+// Splits "host:port"; INVALID_ARGUMENT naming `field` if malformed.
+absl::Status CheckAddress(const std::string& address, const std::string& field);
+
+}  // namespace kosh::server

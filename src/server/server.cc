@@ -1,0 +1,67 @@
+#include "server/server.h"
+
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "base/status.h"
+#include "server/grpc_service.h"
+#include "spdlog/spdlog.h"
+
+namespace kosh::server {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  std::unique_ptr<Server> s(new Server());
+  ASSIGN_OR_RETURN(s->service_, Service::Open(options));
+  s->feature_store_grpc_ = NewFeatureStoreGrpc(s->service_.get());
+  s->registry_grpc_ = NewRegistryGrpc(s->service_.get());
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(s->feature_store_grpc_.get());
+  builder.RegisterService(s->registry_grpc_.get());
+  s->grpc_ = builder.BuildAndStart();
+  if (s->grpc_ == nullptr || s->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", options.grpc_address));
+  }
+  s->http_ = std::make_unique<HttpServer>(s->service_.get(), options.http_threads, options.max_message_bytes);
+  ASSIGN_OR_RETURN(s->http_port_, s->http_->Start(options.http_address));
+
+  if (!options.port_file.empty()) {
+    std::string tmp = options.port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << "{\"grpc\": " << s->grpc_port_ << ", \"http\": " << s->http_port_ << "}\n";
+      if (!out) return absl::InternalError(absl::StrCat("cannot write port file ", options.port_file));
+    }
+    if (std::rename(tmp.c_str(), options.port_file.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("cannot write port file ", options.port_file));
+    }
+  }
+  spdlog::info("kosh serving: gRPC on port {}, HTTP on port {}, data in {}", s->grpc_port_, s->http_port_,
+               options.storage.path);
+  return s;
+}
+
+Server::~Server() { Shutdown(); }
+
+void Server::Shutdown() {
+  if (stopped_) return;
+  stopped_ = true;
+  service_->BeginDrain();
+  absl::Time deadline = absl::Now() + absl::Milliseconds(service_->options().grace_period_ms);
+  spdlog::info("draining: readiness is false; in-flight calls have until the grace period ends ({} ms)",
+               service_->options().grace_period_ms);
+  // Stop both front ends in parallel: each waits for its own in-flight calls.
+  std::thread http_stop([&] { http_->Shutdown(deadline); });
+  grpc_->Shutdown(absl::ToChronoTime(deadline));
+  http_stop.join();
+  grpc_->Wait();
+  absl::Status flushed = service_->Flush();
+  if (!flushed.ok()) spdlog::error("flush on shutdown: {}", flushed.ToString());
+  spdlog::info("stopped");
+}
+
+}  // namespace kosh::server
