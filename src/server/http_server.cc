@@ -57,13 +57,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
   std::atomic<bool> stopped{false};
-  absl::flat_hash_map<std::string, Method> routes;
 
-  Impl(Service* s, int t, uint64_t limit) : service(s), threads(t), body_limit(limit) {
-    for (int m = 0; m < static_cast<int>(Method::kCount); ++m) {
-      routes[Info(static_cast<Method>(m)).http_path] = static_cast<Method>(m);
-    }
-  }
+  Impl(Service* s, int t, uint64_t limit) : service(s), threads(t), body_limit(limit) {}
 
   void Accept() {
     acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
@@ -98,27 +93,25 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     if (path == "/metrics") {
       return text(200, service->metrics()->RenderPrometheus(), "text/plain; version=0.0.4");
     }
-    auto it = routes.find(path);
-    if (it == routes.end()) {
+    int m = service->FindHttpPath(path);
+    if (m < 0) {
       return text(404, ErrorJson(absl::NotFoundError(absl::StrCat("no such path: ", path))), "application/json");
     }
-    Method m = it->second;
-    if (req.method() != http::verb::post) {
-      res->set(http::field::allow, "POST");
-      return text(405, ErrorJson(absl::InvalidArgumentError(absl::StrCat(path, " takes POST"))),
+    // POST for everything; GET (with the request, if any, as the body) for read-scope methods.
+    const bool read_only = service->method(m).scope == Scope::kRead;
+    if (req.method() != http::verb::post && !(read_only && req.method() == http::verb::get)) {
+      res->set(http::field::allow, read_only ? "GET, POST" : "POST");
+      return text(405, ErrorJson(absl::InvalidArgumentError(absl::StrCat(path, " takes ", read_only ? "GET or POST" : "POST"))),
                   "application/json");
     }
     auto start = std::chrono::steady_clock::now();
-    absl::Status st;
-    std::string body;
-    if (draining) {
-      st = absl::UnavailableError("server is draining");
-    } else {
-      auto auth = req[http::field::authorization];
-      st = service->Authorize(m, absl::string_view(auth.data(), auth.size()));
-    }
-    auto request = NewRequest(m);
-    auto response = NewResponse(m);
+    const MethodDef& def = service->method(m);
+    auto auth_header = req[http::field::authorization];
+    absl::string_view auth(auth_header.data(), auth_header.size());
+    absl::Status st = draining ? absl::UnavailableError("server is draining")
+                               : service->Authorize(def.scope, def.name, auth);
+    std::unique_ptr<google::protobuf::Message> request(def.request_prototype->New());
+    std::unique_ptr<google::protobuf::Message> response(def.response_prototype->New());
     if (st.ok() && !req.body().empty()) {
       google::protobuf::util::JsonParseOptions opts;
       opts.ignore_unknown_fields = false;
@@ -128,7 +121,13 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
                                                      std::string(parsed.message())));
       }
     }
-    if (st.ok()) st = service->Handle(m, *request, response.get());
+    if (st.ok()) {
+      st = service->Call(Protocol::kHttp, m, auth, *request, response.get());
+    } else {
+      service->Record(Protocol::kHttp, m, st.code(),
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::string body;
     if (st.ok()) {
       google::protobuf::util::JsonPrintOptions opts;
       opts.preserve_proto_field_names = true;
@@ -137,8 +136,6 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
       if (!printed.ok()) st = absl::InternalError(std::string(printed.message()));
       body.push_back('\n');
     }
-    service->Record(Protocol::kHttp, m, st.code(),
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!st.ok()) return text(HttpStatusFor(st.code()), ErrorJson(st), "application/json");
     text(200, std::move(body), "application/json");
   }

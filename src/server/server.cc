@@ -5,23 +5,22 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status.h"
-#include "server/grpc_service.h"
+#include "server/feature_family.h"
 #include "spdlog/spdlog.h"
 
 namespace kosh::server {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   std::unique_ptr<Server> s(new Server());
-  ASSIGN_OR_RETURN(s->service_, Service::Open(options));
-  s->feature_store_grpc_ = NewFeatureStoreGrpc(s->service_.get());
-  s->registry_grpc_ = NewRegistryGrpc(s->service_.get());
+  std::vector<std::unique_ptr<Family>> families;
+  families.push_back(NewFeatureFamily());
+  ASSIGN_OR_RETURN(s->service_, Service::Open(options, std::move(families)));
 
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(), &s->grpc_port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  builder.RegisterService(s->feature_store_grpc_.get());
-  builder.RegisterService(s->registry_grpc_.get());
+  for (grpc::Service* svc : s->service_->GrpcServices()) builder.RegisterService(svc);
   s->grpc_ = builder.BuildAndStart();
   if (s->grpc_ == nullptr || s->grpc_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", options.grpc_address));

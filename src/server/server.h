@@ -29,8 +29,6 @@ class Server {
  private:
   Server() = default;
   std::unique_ptr<Service> service_;
-  std::unique_ptr<grpc::Service> feature_store_grpc_;
-  std::unique_ptr<grpc::Service> registry_grpc_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<HttpServer> http_;
   int grpc_port_ = 0;

@@ -1,65 +1,89 @@
-// The protocol-independent service: every API method once, with authorisation and metrics.
-// The gRPC and HTTP front ends decode requests, call Handle, and encode the response or status,
-// so both protocols share one code path and one set of errors.
+// The protocol-independent service: a table of API methods, each with its authorisation scope,
+// HTTP path, message types and handler, plus per-method metrics.
+//
+// Subsystems plug in as Families (feature_family.cc, and later datasets, interactions, flows): a
+// family names the storage keyspaces it needs, opens its state on the shared engine, registers its
+// methods, and supplies its gRPC services. The gRPC and HTTP front ends decode a request, call
+// Service::Call, and encode the response or status, so both protocols share one code path and one
+// set of errors.
 #pragma once
 
 #include <array>
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/metrics.h"
-#include "features/feature_store.h"
-#include "features/registry.h"
 #include "google/protobuf/message.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/impl/service_type.h"
 #include "server/options.h"
 #include "storage/engine.h"
 
 namespace kosh::server {
 
-enum class Method : int {
-  kRetrieve,
-  kRetrieveMatrix,
-  kPersist,
-  kCreateEntity,
-  kGetEntity,
-  kListEntities,
-  kCreateFeatureGroup,
-  kGetFeatureGroup,
-  kListFeatureGroups,
-  kAddFeatureGroupVersion,
-  kApplySchema,
-  kCount,
-};
-
 enum class Protocol : int { kGrpc, kHttp, kCount };
 
-struct MethodInfo {
-  const char* name;       // e.g. "Retrieve"
-  const char* http_path;  // e.g. "/v1/features/retrieve"
+using Handler = std::function<absl::Status(const google::protobuf::Message& req, google::protobuf::Message* resp)>;
+
+struct MethodDef {
+  std::string name;       // e.g. "Retrieve"; the metrics label
+  std::string http_path;  // e.g. "/v1/features/retrieve"
   Scope scope;
+  const google::protobuf::Message* request_prototype;   // default instance of the request type
+  const google::protobuf::Message* response_prototype;  // default instance of the response type
+  Handler handler;
 };
-const MethodInfo& Info(Method m);
-// Fresh request and response messages of a method's types.
-std::unique_ptr<google::protobuf::Message> NewRequest(Method m);
-std::unique_ptr<google::protobuf::Message> NewResponse(Method m);
+
+class Service;
+
+// What a family gets when it starts.
+struct FamilyContext {
+  const ServerOptions* options;
+  storage::Engine* engine;
+  std::vector<storage::Keyspace> keyspaces;  // the family's own, in the order it declared them
+  base::MetricsRegistry* metrics;
+  Service* service;
+};
+
+class Family {
+ public:
+  virtual ~Family() = default;
+  // The keyspaces this family stores data in (names unique across families).
+  virtual std::vector<storage::KeyspaceOptions> Keyspaces() const = 0;
+  // Opens the family's state and registers its methods with ctx.service.
+  virtual absl::Status Start(const FamilyContext& ctx) = 0;
+  // The gRPC services to register; owned by the family.
+  virtual std::vector<grpc::Service*> GrpcServices() = 0;
+};
 
 class Service {
  public:
-  // Opens the storage engine, loads the registry and applies the configured schema files.
-  static absl::StatusOr<std::unique_ptr<Service>> Open(const ServerOptions& options);
+  // Opens the storage engine with every family's keyspaces and starts each family.
+  static absl::StatusOr<std::unique_ptr<Service>> Open(const ServerOptions& options,
+                                                       std::vector<std::unique_ptr<Family>> families);
   ~Service();
 
-  // Checks `authorization` ("Bearer <token>", may be empty) for method `m`. OK when auth is off.
-  absl::Status Authorize(Method m, absl::string_view authorization) const;
+  // Adds a method; returns its id for Call. Only during Family::Start.
+  int Register(MethodDef def);
+  const MethodDef& method(int id) const { return methods_[id]->def; }
+  // The id of the method served at `path`, or -1.
+  int FindHttpPath(absl::string_view path) const;
 
-  // Runs method `m`. `req` and `resp` must be of the method's types (see NewRequest/NewResponse).
-  absl::Status Handle(Method m, const google::protobuf::Message& req, google::protobuf::Message* resp);
+  // Authorises, runs and records one call. `req` and `resp` are of the method's types.
+  absl::Status Call(Protocol p, int id, absl::string_view authorization, const google::protobuf::Message& req,
+                    google::protobuf::Message* resp);
 
-  // Records one finished call for /metrics.
-  void Record(Protocol p, Method m, absl::StatusCode code, double seconds);
+  // Records a call that was rejected before it reached Call (e.g. a malformed body).
+  void Record(Protocol p, int id, absl::StatusCode code, double seconds);
+
+  // Checks `authorization` ("Bearer <token>", may be empty) for `scope`. OK when auth is off.
+  absl::Status Authorize(Scope scope, absl::string_view method_name, absl::string_view authorization) const;
 
   // Readiness: true once open, false from BeginDrain on.
   bool ready() const { return ready_.load(std::memory_order_acquire); }
@@ -67,28 +91,37 @@ class Service {
   // Flushes the storage engine so that a restart need not replay its log.
   absl::Status Flush() { return engine_->Flush(); }
 
+  std::vector<grpc::Service*> GrpcServices();
   base::MetricsRegistry* metrics() { return &metrics_; }
   const ServerOptions& options() const { return options_; }
-  features::FeatureStore* store() { return store_.get(); }
 
  private:
   explicit Service(ServerOptions options) : options_(std::move(options)) {}
 
+  struct Method {
+    MethodDef def;
+    base::Histogram* latency[static_cast<int>(Protocol::kCount)];
+    std::array<base::Counter*, 17> by_code[static_cast<int>(Protocol::kCount)];
+  };
+
   ServerOptions options_;
   base::MetricsRegistry metrics_;
   std::unique_ptr<storage::Engine> engine_;
-  std::unique_ptr<features::Registry> registry_;
-  std::unique_ptr<features::FeatureStore> store_;
+  std::vector<std::unique_ptr<Family>> families_;  // destroyed before engine_
+  std::vector<std::unique_ptr<Method>> methods_;
+  absl::flat_hash_map<std::string, int> http_paths_;
   std::atomic<bool> ready_{false};
-
-  struct MethodMetrics {
-    base::Histogram* latency = nullptr;
-    std::array<base::Counter*, 17> by_code{};
-  };
-  MethodMetrics method_metrics_[static_cast<int>(Protocol::kCount)][static_cast<int>(Method::kCount)];
 };
 
 // Maps a status to the HTTP status code the JSON API returns for it.
 int HttpStatusFor(absl::StatusCode code);
+// Converts an absl status to a gRPC status (same code numbering).
+grpc::Status ToGrpcStatus(const absl::Status& s);
+// The "authorization" metadata of a gRPC call, or empty.
+absl::string_view GrpcAuthorization(grpc::CallbackServerContext* ctx);
+
+// Runs method `id` for a unary gRPC callback handler and finishes the call.
+grpc::ServerUnaryReactor* RunUnary(Service* service, int id, grpc::CallbackServerContext* ctx,
+                                   const google::protobuf::Message* req, google::protobuf::Message* resp);
 
 }  // namespace kosh::server

@@ -1,0 +1,14 @@
+// The feature-store family: the registry and the online feature store, their keyspaces
+// ("registry", "features"), their methods and the kosh.v1.FeatureStore and kosh.v1.Registry gRPC
+// services.
+#pragma once
+
+#include <memory>
+
+#include "server/service.h"
+
+namespace kosh::server {
+
+std::unique_ptr<Family> NewFeatureFamily();
+
+}  // namespace kosh::server
