@@ -23,9 +23,17 @@ namespace kosh::storage {
 // compaction to drop expired values physically. Must be thread-safe and fast.
 using ExpiryFn = std::function<bool(absl::string_view value, int64_t now_unix_s)>;
 
+// Combines the current value of a key (`existing`, nullptr when there is none) with merge operands
+// in the order they were written, writing the result to *out. It must be associative: the engine
+// may also call it with existing == nullptr on a run of operands to combine them early. Returning
+// false marks the data as corrupt (the read fails with DATA_LOSS). Must be thread-safe.
+using MergeFn = std::function<bool(absl::string_view key, const absl::string_view* existing,
+                                   absl::Span<const absl::string_view> operands, std::string* out)>;
+
 struct KeyspaceOptions {
   std::string name;
   ExpiryFn expired;  // optional
+  MergeFn merge;     // optional; required for WriteBatch::Merge on this keyspace
 };
 
 // Handle of a keyspace: its index in the list passed to the engine when it was opened.
@@ -34,15 +42,16 @@ using Keyspace = int;
 class WriteBatch {
  public:
   void Put(Keyspace ks, std::string key, std::string value) {
-    ops_.push_back({ks, false, std::move(key), std::move(value)});
+    ops_.push_back({ks, Op::kPut, std::move(key), std::move(value)});
   }
   void Delete(Keyspace ks, std::string key) { ops_.push_back({ks, true, std::move(key), {}}); }
   size_t size() const { return ops_.size(); }
   bool empty() const { return ops_.empty(); }
 
   struct Op {
+    enum Kind : uint8_t { kPut, kDelete, kMerge };
     Keyspace ks;
-    bool is_delete;
+    Kind kind;
     std::string key;
     std::string value;
   };

@@ -9,9 +9,23 @@ namespace kosh::storage {
 namespace {
 
 // Values starting with 'x' are expired.
+// A merge that concatenates operands with '+' separators: "a" + "b" + "c" -> "a+b+c".
+bool Concat(absl::string_view, const absl::string_view* existing, absl::Span<const absl::string_view> ops,
+            std::string* out) {
+  out->clear();
+  if (existing != nullptr) out->append(existing->data(), existing->size());
+  for (absl::string_view o : ops) {
+    if (o == "corrupt") return false;
+    if (!out->empty()) out->push_back('+');
+    out->append(o.data(), o.size());
+  }
+  return true;
+}
+
 std::vector<KeyspaceOptions> Keyspaces() {
-  return {{"meta", nullptr},
-          {"data", [](absl::string_view v, int64_t) { return !v.empty() && v[0] == 'x'; }}};
+  return {{"meta", nullptr, nullptr},
+          {"data", [](absl::string_view v, int64_t) { return !v.empty() && v[0] == 'x'; }, nullptr},
+          {"log", nullptr, Concat}};
 }
 
 std::string TempDir() {
@@ -111,6 +125,33 @@ TEST_P(EngineTest, RocksDbSurvivesReopen) {
   EXPECT_EQ(Get(1, "k"), "v");
   auto stats = engine_->Stats();
   EXPECT_FALSE(stats.empty());
+}
+
+TEST_P(EngineTest, MergeAppendsWithoutReading) {
+  WriteBatch b;
+  b.Merge(2, "k", "a");
+  b.Merge(2, "k", "b");
+  ASSERT_TRUE(engine_->Write(b).ok());
+  WriteBatch c;
+  c.Merge(2, "k", "c");
+  ASSERT_TRUE(engine_->Write(c).ok());
+  EXPECT_EQ(Get(2, "k"), "a+b+c");
+  ASSERT_TRUE(engine_->Flush().ok());
+  ASSERT_TRUE(engine_->CompactAll(2).ok());
+  EXPECT_EQ(Get(2, "k"), "a+b+c");
+  if (GetParam()) {
+    Reopen();
+    EXPECT_EQ(Get(2, "k"), "a+b+c");
+  }
+}
+
+TEST_P(EngineTest, MergeOnKeyspaceWithoutMergeFnIsRejectedByMemoryEngine) {
+  if (GetParam()) GTEST_SKIP() << "RocksDB reports this at read time";
+  WriteBatch b;
+  b.Put(0, "x", "1");
+  b.Merge(0, "x", "2");
+  EXPECT_FALSE(engine_->Write(b).ok());
+  EXPECT_FALSE(Get(0, "x").has_value());  // nothing of the batch applied
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, EngineTest, ::testing::Values(true, false),

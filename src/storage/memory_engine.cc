@@ -19,14 +19,35 @@ class MemoryEngine : public Engine {
       if (op.ks < 0 || op.ks >= static_cast<int>(data_.size())) {
         return absl::InvalidArgumentError("write to an unknown keyspace");
       }
-    }
-    for (const auto& op : batch.ops()) {
-      if (op.is_delete) {
-        data_[op.ks].erase(op.key);
-      } else {
-        data_[op.ks][op.key] = op.value;
+      if (op.kind == WriteBatch::Op::kMerge && !keyspaces_[op.ks].merge) {
+        return absl::InvalidArgumentError("merge on a keyspace without a merge function");
       }
     }
+    // Apply to a copy of each touched keyspace so that a failed merge leaves nothing changed.
+    std::map<Keyspace, std::map<std::string, std::string, std::less<>>> staged;
+    for (const auto& op : batch.ops()) {
+      auto it = staged.find(op.ks);
+      if (it == staged.end()) it = staged.emplace(op.ks, data_[op.ks]).first;
+      auto& m = it->second;
+      switch (op.kind) {
+        case WriteBatch::Op::kPut: m[op.key] = op.value; break;
+        case WriteBatch::Op::kDelete: m.erase(op.key); break;
+        case WriteBatch::Op::kMerge: {
+          auto cur = m.find(op.key);
+          absl::string_view existing;
+          if (cur != m.end()) existing = cur->second;
+          absl::string_view operand = op.value;
+          std::string out;
+          if (!keyspaces_[op.ks].merge(op.key, cur != m.end() ? &existing : nullptr,
+                                       absl::MakeConstSpan(&operand, 1), &out)) {
+            return absl::DataLossError("merge failed");
+          }
+          m[op.key] = std::move(out);
+          break;
+        }
+      }
+    }
+    for (auto& [ks, m] : staged) data_[ks] = std::move(m);
     return absl::OkStatus();
   }
 

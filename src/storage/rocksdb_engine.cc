@@ -5,6 +5,7 @@
 #include "rocksdb/compaction_filter.h"
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
+#include "rocksdb/merge_operator.h"
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
 #include "storage/engine.h"
@@ -39,6 +40,30 @@ class ExpiryFilter : public rocksdb::CompactionFilter {
   ExpiryFn fn_;
 };
 
+class MergeAdapter : public rocksdb::MergeOperator {
+ public:
+  explicit MergeAdapter(MergeFn fn) : fn_(std::move(fn)) {}
+  bool FullMergeV2(const MergeOperationInput& in, MergeOperationOutput* out) const override {
+    std::vector<absl::string_view> ops;
+    ops.reserve(in.operand_list.size());
+    for (const auto& o : in.operand_list) ops.emplace_back(o.data(), o.size());
+    absl::string_view existing;
+    if (in.existing_value != nullptr) existing = absl::string_view(in.existing_value->data(), in.existing_value->size());
+    return fn_(absl::string_view(in.key.data(), in.key.size()), in.existing_value ? &existing : nullptr, ops,
+               &out->new_value);
+  }
+  bool PartialMergeMulti(const rocksdb::Slice& key, const std::deque<rocksdb::Slice>& operand_list,
+                         std::string* new_value, rocksdb::Logger*) const override {
+    std::vector<absl::string_view> ops;
+    for (const auto& o : operand_list) ops.emplace_back(o.data(), o.size());
+    return fn_(absl::string_view(key.data(), key.size()), nullptr, ops, new_value);
+  }
+  const char* Name() const override { return "kosh.MergeAdapter"; }
+
+ private:
+  MergeFn fn_;
+};
+
 class RocksDbEngine : public Engine {
  public:
   RocksDbEngine(RocksDbOptions options, std::unique_ptr<rocksdb::DB> db,
@@ -60,8 +85,12 @@ class RocksDbEngine : public Engine {
   absl::Status Write(const WriteBatch& batch) override {
     rocksdb::WriteBatch wb;
     for (const auto& op : batch.ops()) {
-      rocksdb::Status s = op.is_delete ? wb.Delete(handles_[op.ks], op.key)
-                                       : wb.Put(handles_[op.ks], op.key, op.value);
+      rocksdb::Status s;
+      switch (op.kind) {
+        case WriteBatch::Op::kPut: s = wb.Put(handles_[op.ks], op.key, op.value); break;
+        case WriteBatch::Op::kDelete: s = wb.Delete(handles_[op.ks], op.key); break;
+        case WriteBatch::Op::kMerge: s = wb.Merge(handles_[op.ks], op.key, op.value); break;
+      }
       if (!s.ok()) return FromRocks(s, "building write batch");
     }
     rocksdb::WriteOptions wo;
@@ -191,6 +220,7 @@ absl::StatusOr<std::unique_ptr<Engine>> OpenRocksDb(const RocksDbOptions& option
       filters.push_back(std::make_unique<ExpiryFilter>(keyspaces[i].expired));
       cfo.compaction_filter = filters.back().get();
     }
+    if (keyspaces[i].merge) cfo.merge_operator = std::make_shared<MergeAdapter>(keyspaces[i].merge);
     // The first keyspace is stored in RocksDB's default column family.
     cfs.emplace_back(i == 0 ? rocksdb::kDefaultColumnFamilyName : keyspaces[i].name, cfo);
   }
