@@ -44,7 +44,11 @@ class WriteBatch {
   void Put(Keyspace ks, std::string key, std::string value) {
     ops_.push_back({ks, Op::kPut, std::move(key), std::move(value)});
   }
-  void Delete(Keyspace ks, std::string key) { ops_.push_back({ks, true, std::move(key), {}}); }
+  void Delete(Keyspace ks, std::string key) { ops_.push_back({ks, Op::kDelete, std::move(key), {}}); }
+  // Appends `operand` to the key's value through the keyspace's MergeFn, without reading it.
+  void Merge(Keyspace ks, std::string key, std::string operand) {
+    ops_.push_back({ks, Op::kMerge, std::move(key), std::move(operand)});
+  }
   size_t size() const { return ops_.size(); }
   bool empty() const { return ops_.empty(); }
 
