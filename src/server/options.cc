@@ -23,7 +23,13 @@ absl::StatusOr<ServerOptions> ParseServerOptions(const YAML::Node& root) {
   ServerOptions o;
   o.storage.path = "./data";
   base::YamlReader r(root, "");
-  RETURN_IF_ERROR(r.CheckKeys({"server", "storage", "features", "schema", "auth", "log"}));
+  RETURN_IF_ERROR(r.CheckKeys(
+      {"server", "storage", "features", "schema", "auth", "log", "interactions", "datasets", "flows"}));
+  if (root.IsMap()) {
+    o.interactions = root["interactions"];
+    o.datasets = root["datasets"];
+    o.flows = root["flows"];
+  }
 
   ASSIGN_OR_RETURN(auto server, r.Child("server"));
   RETURN_IF_ERROR(server.CheckKeys({"grpc_address", "http_address", "http_threads", "grace_period",

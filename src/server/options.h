@@ -41,6 +41,12 @@ struct ServerOptions {
   std::vector<std::string> schema_files;
   AuthOptions auth;
   std::string log_level = "info";
+
+  // Sections owned by other families, kept as YAML and parsed by the family itself (with errors that
+  // name their path, e.g. "interactions.hot_budget"). Null when absent.
+  YAML::Node interactions;
+  YAML::Node datasets;
+  YAML::Node flows;
 };
 
 // Parses a configuration document (already loaded YAML). Unknown options are errors naming their
