@@ -89,7 +89,7 @@ class RegistryGrpc final : public v1::Registry::CallbackService {
 class FeatureFamily final : public Family {
  public:
   std::vector<storage::KeyspaceOptions> Keyspaces() const override {
-    return {{"registry", nullptr}, {"features", features::FeatureStore::RowExpired}};
+    return {{"registry", nullptr, nullptr}, {"features", features::FeatureStore::RowExpired, nullptr}};
   }
 
   absl::Status Start(const FamilyContext& ctx) override {

@@ -26,9 +26,11 @@ absl::StatusOr<ServerOptions> ParseServerOptions(const YAML::Node& root) {
   RETURN_IF_ERROR(r.CheckKeys(
       {"server", "storage", "features", "schema", "auth", "log", "interactions", "datasets", "flows"}));
   if (root.IsMap()) {
-    o.interactions = root["interactions"];
-    o.datasets = root["datasets"];
-    o.flows = root["flows"];
+    const YAML::Node& croot = root;  // const lookups do not insert keys
+    for (auto [name, node] : {std::pair{"interactions", &o.interactions}, std::pair{"datasets", &o.datasets},
+                              std::pair{"flows", &o.flows}}) {
+      if (croot[name]) node->reset(croot[name]);
+    }
   }
 
   ASSIGN_OR_RETURN(auto server, r.Child("server"));

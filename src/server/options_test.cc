@@ -76,6 +76,15 @@ TEST(ServerOptions, ErrorsNameThePath) {
   }
 }
 
+TEST(ServerOptions, FamilySectionsAreKeptForTheirFamilies) {
+  auto o = Parse("interactions: {hot_budget: 1GiB}\ndatasets: {root: /d}");
+  ASSERT_TRUE(o.ok()) << o.status();
+  ASSERT_TRUE(o->interactions.IsMap());
+  EXPECT_EQ(o->interactions["hot_budget"].as<std::string>(), "1GiB");
+  EXPECT_EQ(o->datasets["root"].as<std::string>(), "/d");
+  EXPECT_FALSE(o->flows.IsDefined() && !o->flows.IsNull());
+}
+
 TEST(ServerOptions, FlagsOverrideConfig) {
   auto o = Parse("storage: {path: /from/config}");
   ASSERT_TRUE(o.ok());
