@@ -85,7 +85,14 @@ struct FeatureStore::Plan {
   const EntityInfo* entity = nullptr;
   struct GroupRead {
     const GroupInfo* group;
-    std::vector<std::string> rows;  // encoded row per key; empty = absent
+    // The encoded rows back to back, and per key its (offset, size) in row_data; size 0 = absent.
+    // One buffer rather than a string per key: a read of 100 keys would otherwise make 100 heap
+    // allocations on the hot path.
+    std::string row_data;
+    std::vector<std::pair<size_t, size_t>> row_spans;
+    absl::string_view row(int k) const {
+      return absl::string_view(row_data).substr(row_spans[k].first, row_spans[k].second);
+    }
     // Per stored version (index v-1): for each of this group's columns, the field index in that
     // version's layout, or -1 when the version lacks the feature. Filled lazily.
     std::vector<std::vector<int>> field_of_column;
@@ -94,7 +101,8 @@ struct FeatureStore::Plan {
   struct ColumnRef {
     int group;            // index into groups
     int group_column;     // index among the group's columns
-    FeatureSpec spec;     // the column's definition (latest version that has it)
+    // The column's definition (latest version that has it); owned by `snap`.
+    const FeatureSpec* spec;
   };
   std::vector<ColumnRef> columns;
   std::vector<std::vector<int>> group_columns;  // per group: indices into columns
@@ -136,13 +144,13 @@ absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, Plan* plan) 
   auto add_column = [&](const GroupInfo* g, const FeatureSpec& spec) {
     auto [it, inserted] = group_index.try_emplace(g, static_cast<int>(plan->groups.size()));
     if (inserted) {
-      plan->groups.push_back({g, {}, {}});
+      plan->groups.push_back({g, {}, {}, {}});
       plan->group_columns.emplace_back();
     }
     int gi = it->second;
     int gc = static_cast<int>(plan->group_columns[gi].size());
     plan->group_columns[gi].push_back(static_cast<int>(plan->columns.size()));
-    plan->columns.push_back({gi, gc, spec});
+    plan->columns.push_back({gi, gc, &spec});
   };
   for (int j = 0; j < req.features_size(); ++j) {
     const std::string& ref = req.features(j);
@@ -179,16 +187,22 @@ namespace {
 // Looks up every key of one group through the cache, then the engine for the misses.
 absl::Status FetchGroup(storage::Engine* engine, storage::Keyspace ks, RowCache* cache,
                         uint32_t group_id, const google::protobuf::RepeatedPtrField<v1::EntityKey>& keys,
-                        std::vector<std::string>* rows) {
+                        std::string* data, std::vector<std::pair<size_t, size_t>>* spans) {
   const size_t n = keys.size();
-  rows->assign(n, std::string());
+  data->clear();
+  spans->assign(n, {0, 0});
   std::vector<std::string> skeys(n);
   std::vector<size_t> miss;
   std::vector<RowCache::Ticket> tickets;
+  std::string row;
   for (size_t i = 0; i < n; ++i) {
     skeys[i] = StorageKey(group_id, keys[static_cast<int>(i)]);
     RowCache::Ticket t;
-    if (!cache->Lookup(skeys[i], &(*rows)[i], &t)) {
+    if (cache->Lookup(skeys[i], &row, &t)) {
+      if (data->empty()) data->reserve(n * (row.size() + 8));
+      (*spans)[i] = {data->size(), row.size()};
+      data->append(row);
+    } else {
       miss.push_back(i);
       tickets.push_back(t);
     }
@@ -199,15 +213,16 @@ absl::Status FetchGroup(storage::Engine* engine, storage::Keyspace ks, RowCache*
   std::vector<std::optional<std::string>> values;
   RETURN_IF_ERROR(engine->MultiGet(ks, mkeys, &values));
   for (size_t m = 0; m < miss.size(); ++m) {
-    std::string& row = (*rows)[miss[m]];
-    if (values[m].has_value()) row = std::move(*values[m]);
-    cache->Insert(mkeys[m], row, tickets[m]);
+    absl::string_view v = values[m].has_value() ? absl::string_view(*values[m]) : absl::string_view();
+    (*spans)[miss[m]] = {data->size(), v.size()};
+    data->append(v.data(), v.size());
+    cache->Insert(mkeys[m], v, tickets[m]);
   }
   return absl::OkStatus();
 }
 
 // Maps a group's columns onto the fields of the layout of version `v`.
-const std::vector<int>& ColumnFields(const GroupInfo& g, uint32_t v, const std::vector<FeatureSpec>& specs,
+const std::vector<int>& ColumnFields(const GroupInfo& g, uint32_t v, const std::vector<const FeatureSpec*>& specs,
                                      std::vector<std::vector<int>>* cache) {
   if (cache->size() < g.layouts.size()) cache->resize(g.layouts.size());
   std::vector<int>& m = (*cache)[v - 1];
@@ -215,11 +230,11 @@ const std::vector<int>& ColumnFields(const GroupInfo& g, uint32_t v, const std::
     const Layout& layout = *g.layouts[v - 1];
     m.resize(specs.size());
     for (size_t c = 0; c < specs.size(); ++c) {
-      int idx = layout.IndexOf(specs[c].name());
+      int idx = layout.IndexOf(specs[c]->name());
       // A feature retyped since that version reads as its default: the stored bytes are of
       // another type than the column promises.
-      if (idx >= 0 && (layout.spec(idx).type() != specs[c].type() ||
-                       layout.spec(idx).vector_length() != specs[c].vector_length())) {
+      if (idx >= 0 && (layout.spec(idx).type() != specs[c]->type() ||
+                       layout.spec(idx).vector_length() != specs[c]->vector_length())) {
         idx = -2;
       }
       m[c] = idx;
@@ -236,14 +251,18 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
   for (const auto& c : plan.columns) {
     auto* col = resp->add_columns();
     col->set_group(plan.groups[c.group].group->def.name());
-    col->set_feature(c.spec.name());
-    col->set_type(c.spec.type());
-    col->set_vector_length(c.spec.vector_length());
+    col->set_feature(c.spec->name());
+    col->set_type(c.spec->type());
+    col->set_vector_length(c.spec->vector_length());
   }
   const int nkeys = req.keys_size();
   const int ncols = static_cast<int>(plan.columns.size());
-  std::vector<Value> defaults(ncols);
-  for (int c = 0; c < ncols; ++c) defaults[c] = DefaultValue(plan.columns[c].spec);
+  // Column defaults, made on first use: most reads find every value present.
+  std::vector<std::unique_ptr<Value>> defaults(ncols);
+  auto default_value = [&](int c) -> const Value& {
+    if (defaults[c] == nullptr) defaults[c] = std::make_unique<Value>(DefaultValue(*plan.columns[c].spec));
+    return *defaults[c];
+  };
   for (int k = 0; k < nkeys; ++k) {
     auto* row = resp->add_rows();
     row->mutable_values()->Reserve(ncols);
@@ -254,13 +273,14 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
   std::string scratch;
   for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
     auto& gr = plan.groups[gi];
-    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.rows));
+    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.row_data,
+                               &gr.row_spans));
     const std::vector<int>& cols = plan.group_columns[gi];
-    std::vector<FeatureSpec> specs;
+    std::vector<const FeatureSpec*> specs;
     for (int c : cols) specs.push_back(plan.columns[c].spec);
     for (int k = 0; k < nkeys; ++k) {
       auto* row = resp->mutable_rows(k);
-      const std::string& enc = gr.rows[k];
+      absl::string_view enc = gr.row(k);
       v1::ValueStatus row_status = v1::MISSING;
       RowView view;
       const Layout* layout = nullptr;
@@ -289,7 +309,7 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
             st = v1::DEFAULT;
           }
         }
-        if (st != v1::PRESENT) *row->mutable_values(c) = defaults[c];
+        if (st != v1::PRESENT) *row->mutable_values(c) = default_value(c);
         row->set_statuses(c, st);
         ++counts[st];
       }
@@ -309,7 +329,7 @@ absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
   std::vector<uint32_t> col_offset(ncols);
   uint32_t width = 0;
   for (int c = 0; c < ncols; ++c) {
-    const FeatureSpec& spec = plan.columns[c].spec;
+    const FeatureSpec& spec = *plan.columns[c].spec;
     if (!IsNumeric(spec.type())) {
       return absl::InvalidArgumentError(absl::StrCat(
           "features: \"", plan.groups[plan.columns[c].group].group->def.name(), ".", spec.name(),
@@ -330,23 +350,28 @@ absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
   resp->mutable_statuses()->Resize(nkeys * ncols, v1::MISSING);
   float* out = resp->mutable_values()->mutable_data();
   int* statuses = resp->mutable_statuses()->mutable_data();
-  // Defaults come from the column's own spec, through a one-feature layout.
+  // Defaults come from the column's own spec, through a one-feature layout, made on first use:
+  // most reads find every value present, and compiling 50 layouts per request is not free.
   std::vector<std::vector<float>> defaults(ncols);
-  for (int c = 0; c < ncols; ++c) {
-    Layout one(0, {plan.columns[c].spec});
-    auto d = one.DefaultFloats(0);
-    defaults[c].assign(d.begin(), d.end());
-  }
+  auto default_floats = [&](int c) -> const std::vector<float>& {
+    if (defaults[c].empty()) {
+      Layout one(0, {*plan.columns[c].spec});
+      auto d = one.DefaultFloats(0);
+      defaults[c].assign(d.begin(), d.end());
+    }
+    return defaults[c];
+  };
   uint64_t counts[5] = {0, 0, 0, 0, 0};
   std::string scratch;
   for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
     auto& gr = plan.groups[gi];
-    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.rows));
+    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.row_data,
+                               &gr.row_spans));
     const std::vector<int>& cols = plan.group_columns[gi];
-    std::vector<FeatureSpec> specs;
+    std::vector<const FeatureSpec*> specs;
     for (int c : cols) specs.push_back(plan.columns[c].spec);
     for (int k = 0; k < nkeys; ++k) {
-      const std::string& enc = gr.rows[k];
+      absl::string_view enc = gr.row(k);
       v1::ValueStatus row_status = v1::MISSING;
       RowView view;
       const Layout* layout = nullptr;
@@ -377,7 +402,8 @@ absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
           }
         }
         if (st != v1::PRESENT) {
-          std::copy(defaults[c].begin(), defaults[c].end(), row_out + col_offset[c]);
+          const std::vector<float>& d = default_floats(c);
+          std::copy(d.begin(), d.end(), row_out + col_offset[c]);
         }
         statuses[static_cast<size_t>(k) * ncols + c] = st;
         ++counts[st];
@@ -439,8 +465,10 @@ absl::Status FeatureStore::Persist(const v1::PersistRequest& req, v1::PersistRes
   const int64_t now = clock_();
   uint32_t expiry = 0;
   if (g.def.ttl_seconds() > 0) {
-    int64_t e = now + g.def.ttl_seconds();
-    expiry = static_cast<uint32_t>(std::min<int64_t>(e, UINT32_MAX));
+    // Saturate: now + ttl overflows int64 for huge TTLs (the registry accepts any positive one).
+    const int64_t max_expiry = UINT32_MAX;
+    int64_t e = g.def.ttl_seconds() >= max_expiry - now ? max_expiry : now + g.def.ttl_seconds();
+    expiry = static_cast<uint32_t>(e);
   }
   storage::WriteBatch batch;
   std::vector<const Value*> values;

@@ -1,6 +1,9 @@
 // The hot tier above the storage engine: encoded rows of recently read keys, bounded in bytes.
 //
-// A sharded LRU keyed by storage key. It caches negative results too (an absent key is stored as
+// A sharded cache keyed by storage key with second-chance (CLOCK-like) eviction: a hit only sets
+// the entry's referenced bit, and eviction from the cold end of a shard's list moves a referenced
+// entry back to the hot end once instead of evicting it. That approximates LRU without relinking
+// list nodes on every hit, which cost a third of a 100-key read's CPU in a 1M-row cache. It caches negative results too (an absent key is stored as
 // an empty value, which no encoded row can be). Writers call Invalidate after their write reached
 // the engine; readers that missed call Insert with the epoch they took before reading the engine,
 // and the insert is dropped if a write to the same shard happened in between, so a stale value is
@@ -49,10 +52,11 @@ class RowCache {
   struct Entry {
     std::string key;
     std::string value;
+    bool referenced = false;  // set by a hit since the entry last reached the cold end
   };
   struct Shard {
     absl::Mutex mu;
-    std::list<Entry> lru;  // front = most recently used
+    std::list<Entry> lru;  // front = hot end (inserted or given a second chance most recently)
     absl::flat_hash_map<absl::string_view, std::list<Entry>::iterator> index;
     uint64_t bytes = 0;
     uint64_t epoch = 0;
