@@ -367,6 +367,13 @@ absl::StatusOr<v1::ApplySchemaResponse> Registry::Apply(const v1::ApplySchemaReq
     std::pair<std::string, std::string> key{g.entity(), g.name()};
     auto it = d.groups.find(key);
     if (it == d.groups.end()) {
+      // As for versions appended to an existing group (below) and AddVersion: a version identical
+      // to the one before it is refused.
+      for (int j = 1; j < g.versions_size(); ++j) {
+        if (SameFeatures(g.versions(j - 1).features(), g.versions(j).features())) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ".versions[", j, "]: identical to version ", j));
+        }
+      }
       v1::FeatureGroup ng = g;
       ng.set_id(d.next_id++);
       d.groups[key] = ng;

@@ -6,6 +6,8 @@
 #include "features/feature_store.h"
 #include "features/registry.h"
 #include "features/schema_yaml.h"
+#include "google/protobuf/arena.h"
+#include "grpcpp/support/message_allocator.h"
 #include "kosh/v1/feature_store.grpc.pb.h"
 #include "kosh/v1/registry.grpc.pb.h"
 #include "server/family_util.h"
@@ -20,9 +22,41 @@ struct Ids {
   int create_entity, get_entity, list_entities, create_group, get_group, list_groups, add_version, apply;
 };
 
+// Puts the request and the response of one call on one protobuf arena, freed in one go when the
+// call ends. A read of 100 keys is hundreds of small messages (keys, columns, rows and values);
+// allocated one by one from the global heap they were the largest cost of the read path once the
+// heap held a warm row cache (docs/benchmarks.md). Thread-safe (stateless).
+template <typename Req, typename Resp>
+class ArenaMessageAllocator final : public grpc::MessageAllocator<Req, Resp> {
+ public:
+  grpc::MessageHolder<Req, Resp>* AllocateMessages() override { return new Holder; }
+
+ private:
+  class Holder final : public grpc::MessageHolder<Req, Resp> {
+   public:
+    Holder() : arena_(Options()) {
+      this->set_request(google::protobuf::Arena::CreateMessage<Req>(&arena_));
+      this->set_response(google::protobuf::Arena::CreateMessage<Resp>(&arena_));
+    }
+    void Release() override { delete this; }
+
+   private:
+    static google::protobuf::ArenaOptions Options() {
+      google::protobuf::ArenaOptions o;
+      o.start_block_size = 4096;  // a 100-key request alone is several KiB of messages
+      o.max_block_size = 65536;
+      return o;
+    }
+    google::protobuf::Arena arena_;
+  };
+};
+
 class FeatureStoreGrpc final : public v1::FeatureStore::CallbackService {
  public:
-  FeatureStoreGrpc(server::Service* svc, const Ids* ids) : svc_(svc), ids_(ids) {}
+  FeatureStoreGrpc(server::Service* svc, const Ids* ids) : svc_(svc), ids_(ids) {
+    SetMessageAllocatorFor_Retrieve(&retrieve_allocator_);
+    SetMessageAllocatorFor_RetrieveMatrix(&retrieve_matrix_allocator_);
+  }
   grpc::ServerUnaryReactor* Retrieve(grpc::CallbackServerContext* ctx, const v1::RetrieveRequest* req,
                                      v1::RetrieveResponse* resp) override {
     return RunUnary(svc_, ids_->retrieve, ctx, req, resp);
@@ -39,6 +73,8 @@ class FeatureStoreGrpc final : public v1::FeatureStore::CallbackService {
  private:
   server::Service* svc_;
   const Ids* ids_;
+  ArenaMessageAllocator<v1::RetrieveRequest, v1::RetrieveResponse> retrieve_allocator_;
+  ArenaMessageAllocator<v1::RetrieveRequest, v1::RetrieveMatrixResponse> retrieve_matrix_allocator_;
 };
 
 class RegistryGrpc final : public v1::Registry::CallbackService {
@@ -88,6 +124,8 @@ class RegistryGrpc final : public v1::Registry::CallbackService {
 
 class FeatureFamily final : public Family {
  public:
+  explicit FeatureFamily(FeatureHandles* handles) : handles_(handles) {}
+
   std::vector<storage::KeyspaceOptions> Keyspaces() const override {
     return {{"registry", nullptr, nullptr}, {"features", features::FeatureStore::RowExpired, nullptr}};
   }
@@ -164,6 +202,7 @@ class FeatureFamily final : public Family {
         }));
     feature_store_grpc_ = std::make_unique<FeatureStoreGrpc>(s, &ids_);
     registry_grpc_ = std::make_unique<RegistryGrpc>(s, &ids_);
+    if (handles_ != nullptr) *handles_ = {registry_.get(), store_.get()};
     return absl::OkStatus();
   }
 
@@ -172,6 +211,7 @@ class FeatureFamily final : public Family {
   }
 
  private:
+  FeatureHandles* handles_;
   std::unique_ptr<features::Registry> registry_;
   std::unique_ptr<features::FeatureStore> store_;
   Ids ids_{};
@@ -181,6 +221,8 @@ class FeatureFamily final : public Family {
 
 }  // namespace
 
-std::unique_ptr<Family> NewFeatureFamily() { return std::make_unique<FeatureFamily>(); }
+std::unique_ptr<Family> NewFeatureFamily(FeatureHandles* handles) {
+  return std::make_unique<FeatureFamily>(handles);
+}
 
 }  // namespace kosh::server

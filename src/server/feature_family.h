@@ -7,8 +7,22 @@
 
 #include "server/service.h"
 
+namespace kosh::features {
+class Registry;
+class FeatureStore;
+}  // namespace kosh::features
+
 namespace kosh::server {
 
-std::unique_ptr<Family> NewFeatureFamily();
+// What the feature family shares with families started after it (flows read features through the
+// same store and validate against the same registry). Filled in by its Start; the pointees live as
+// long as the family.
+struct FeatureHandles {
+  features::Registry* registry = nullptr;
+  features::FeatureStore* store = nullptr;
+};
+
+// `handles`, when given, must outlive the family's Start.
+std::unique_ptr<Family> NewFeatureFamily(FeatureHandles* handles = nullptr);
 
 }  // namespace kosh::server

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "base/status.h"
 #include "server/feature_family.h"
 #include "spdlog/spdlog.h"
@@ -11,9 +12,15 @@
 namespace kosh::server {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  // Debian's Abseil is built without NDEBUG, so absl::Mutex (ours and gRPC's) tracks lock order
+  // for deadlock detection on every Lock: a process-wide graph behind a global spinlock, a debug
+  // aid that the read path (100 row-cache locks per request) pays for. Release builds of Abseil
+  // have it off; so does the server.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::unique_ptr<Server> s(new Server());
   std::vector<std::unique_ptr<Family>> families;
-  families.push_back(NewFeatureFamily());
+  auto feature_handles = std::make_shared<FeatureHandles>();
+  families.push_back(NewFeatureFamily(feature_handles.get()));
   ASSIGN_OR_RETURN(s->service_, Service::Open(options, std::move(families)));
 
   grpc::ServerBuilder builder;
@@ -49,15 +56,20 @@ Server::~Server() { Shutdown(); }
 void Server::Shutdown() {
   if (stopped_) return;
   stopped_ = true;
+  // Start may have failed part way (bad schema file, locked data directory, port in use); the
+  // destructor then gets here with only some parts built.
+  if (service_ == nullptr) return;
   service_->BeginDrain();
   absl::Time deadline = absl::Now() + absl::Milliseconds(service_->options().grace_period_ms);
   spdlog::info("draining: readiness is false; in-flight calls have until the grace period ends ({} ms)",
                service_->options().grace_period_ms);
   // Stop both front ends in parallel: each waits for its own in-flight calls.
-  std::thread http_stop([&] { http_->Shutdown(deadline); });
-  grpc_->Shutdown(absl::ToChronoTime(deadline));
+  std::thread http_stop([&] {
+    if (http_ != nullptr) http_->Shutdown(deadline);
+  });
+  if (grpc_ != nullptr) grpc_->Shutdown(absl::ToChronoTime(deadline));
   http_stop.join();
-  grpc_->Wait();
+  if (grpc_ != nullptr) grpc_->Wait();
   absl::Status flushed = service_->Flush();
   if (!flushed.ok()) spdlog::error("flush on shutdown: {}", flushed.ToString());
   spdlog::info("stopped");

@@ -95,7 +95,9 @@ absl::StatusOr<std::unique_ptr<Service>> Service::Open(const ServerOptions& opti
 }
 
 Service::~Service() {
-  families_.clear();  // family state references the engine
+  // Family state references the engine, and later families may use earlier ones (flows read
+  // through the feature store), so destroy them in reverse order of start.
+  while (!families_.empty()) families_.pop_back();
 }
 
 int Service::Register(MethodDef def) {
