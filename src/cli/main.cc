@@ -13,6 +13,7 @@
 #include "base/config.h"
 #include "base/logging.h"
 #include "base/status.h"
+#include "cli/dataset_command.h"
 #include "features/schema_yaml.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -36,6 +37,7 @@ usage:
   kosh schema apply FILE      (the YAML schema format of examples/schema.yaml)
   kosh schema list [--entity E]
   kosh schema get --entity E --group G
+  kosh dataset build|load|list|rollback|delete|get ...   (`kosh dataset help`)
 
 client options (any subcommand but serve):
   --server HOST:PORT   gRPC address of the server (default $KOSH_SERVER or localhost:7070)
@@ -364,6 +366,7 @@ int main(int argc, char** argv) {
   std::string cmd = args[0];
   args.erase(args.begin());
   if (cmd == "serve") return kosh::Serve(args);
+  if (cmd == "dataset") return kosh::cli::DatasetMain(args);
   auto flags = kosh::ParseClientFlags(args);
   if (!flags.ok()) return kosh::Fail(flags.status());
   if (cmd == "get") return kosh::Get(*flags);

@@ -6,7 +6,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "base/status.h"
+#include "server/dataset_family.h"
 #include "server/feature_family.h"
+#include "server/flow_family.h"
+#include "server/interaction_family.h"
 #include "spdlog/spdlog.h"
 
 namespace kosh::server {
@@ -21,6 +24,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   std::vector<std::unique_ptr<Family>> families;
   auto feature_handles = std::make_shared<FeatureHandles>();
   families.push_back(NewFeatureFamily(feature_handles.get()));
+  families.push_back(NewInteractionFamily());
+  families.push_back(NewDatasetFamily());
+  families.push_back(NewFlowFamily(feature_handles));
   ASSIGN_OR_RETURN(s->service_, Service::Open(options, std::move(families)));
 
   grpc::ServerBuilder builder;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bench/flows.sh: a flow (examples/flows/ranker.yaml: user features; product features; product ->
+# category -> user x category; a derived column; the built-in logistic scorer; sort) for one user
+# and 100 products, against a client doing the same lookups itself as sequential calls to Kosh, in
+# one run. Also reports the executor's own overhead (Infer time minus its slowest chain of lookups,
+# from the server's per-component timings).
+#
+#   bench/flows.sh [--iterations N] [--rows N] [--build-dir DIR] [--no-build]
+#
+# Starts `kosh serve` on free loopback ports with examples/schema.yaml and the example flow, loads
+# 1000 users, 10000 products in 50 categories and every (user, category) affinity, then, holding
+# /tmp/kosh-bench.lock so no other benchmark runs at the same time, runs bench/flows_load (closed
+# loop, one client; load generator and server share the 2 cores). Last line: one JSON object.
+# Not measured: the interaction-count component (interaction-store components are not in flows yet).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ITER=2000
+ROWS=100
+BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+BUILD=1
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --iterations) ITER=$2; shift 2 ;;
+    --rows) ROWS=$2; shift 2 ;;
+    --build-dir) BUILD_DIR=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+if [[ $BUILD == 1 ]]; then
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja >/dev/null
+  ninja -C "$BUILD_DIR" -j2 kosh flows_load >/dev/null
+fi
+KOSH=$BUILD_DIR/src/cli/kosh
+LOAD=$BUILD_DIR/bench/flows_load
+WORK=$(mktemp -d /tmp/kosh-bench-flows-XXXXXX)
+cleanup() { [[ -n ${PID:-} ]] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+cat >"$WORK/kosh.yaml" <<YAML
+flows:
+  files: [$ROOT/examples/flows/ranker.yaml]
+log:
+  level: warn
+YAML
+"$KOSH" serve --config "$WORK/kosh.yaml" --schema "$ROOT/examples/schema.yaml" --data-dir "$WORK/data" \
+  --grpc-address 127.0.0.1:0 --http-address 127.0.0.1:0 --port-file "$WORK/ports.json" >"$WORK/kosh.log" 2>&1 &
+PID=$!
+for _ in $(seq 1 200); do [[ -s $WORK/ports.json ]] && break; sleep 0.05; done
+GRPC=$(sed -E 's/.*"grpc": ([0-9]+).*/\1/' "$WORK/ports.json")
+echo "kosh $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on 127.0.0.1:$GRPC; loading data" >&2
+"$LOAD" --target "127.0.0.1:$GRPC" --iterations 1 --rows "$ROWS" >/dev/null
+flock /tmp/kosh-bench.lock "$LOAD" --target "127.0.0.1:$GRPC" --load no --iterations "$ITER" --rows "$ROWS"

@@ -1,0 +1,152 @@
+// The server side of datasets: the versions of every dataset on this node, their loads, the atomic
+// swap of the current version, rollback, retention and recovery after a restart.
+//
+// On disk (docs/formats.md, "Dataset versions on the server"):
+//   <root>/<dataset>/CURRENT                the number of the current version; replaced atomically
+//   <root>/<dataset>/NEXT                   the next version number to assign
+//   <root>/<dataset>/v00000007/state.json   building | loading | ready | failed, reason, sizes
+//   <root>/<dataset>/v00000007/manifest.json  the (merged) build manifest
+//   <root>/<dataset>/v00000007/db/          a SortedStore that ingested the build's files (hard links)
+//
+// Readers never lock and never wait for a load: every read takes one immutable View (an atomic
+// shared_ptr load), and from it one Version for the whole request, so a MultiGet sees exactly one
+// version and finishes on it even if the current version changes meanwhile. A load verifies, links
+// and opens the new version without touching the current one; only then is CURRENT replaced
+// (write temp + fsync + rename + fsync dir) and the View swapped. A version dropped from the View is
+// closed and deleted by a background thread once the last reader has released it.
+//
+// Thread-safe. Mutations (load state changes, swaps, rollback, delete) are serialised by one mutex,
+// which is never held during I/O of a load; loads of different datasets run concurrently, a second
+// load of the same dataset is ABORTED.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "base/metrics.h"
+#include "datasets/manifest.h"
+#include "datasets/value_codec.h"
+#include "kosh/v1/datasets.pb.h"
+#include "storage/sorted_files.h"
+#include "yaml-cpp/yaml.h"
+
+namespace kosh::datasets {
+
+// A dataset declared in the configuration: loads of other kinds (or fields) are rejected.
+struct DatasetDecl {
+  std::string name;
+  ValueSchema schema;
+};
+
+struct DatasetsOptions {
+  std::string root;                      // default <storage.path>/datasets
+  uint32_t backups = 2;                  // previous versions kept loaded for rollback
+  uint32_t keep_failed = 5;              // failed versions listed (their data is deleted at once)
+  uint64_t load_rate_limit = 0;          // bytes/s for a load's reads and copies; 0 = unlimited
+  bool warm_up = false;                  // read a loaded version's files once before it serves
+  uint32_t max_keys_per_request = 1000;  // MultiGet
+  uint32_t max_key_bytes = 4096;
+  uint64_t block_cache_bytes = 256ull << 20;  // shared by every version
+  uint32_t verify_threads = 2;           // files verified in parallel during a load
+  bool verify_checksums = true;          // whole-file CRC-32C check before ingesting
+  std::vector<DatasetDecl> declared;
+};
+
+// Parses the `datasets:` section (a null node gives the defaults). Errors name the path, e.g.
+// "datasets.backups: expected a non-negative integer".
+absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, const std::string& storage_path);
+
+// [A-Za-z0-9_][A-Za-z0-9_.-]*, at most 64 characters (it names a directory).
+bool IsValidDatasetName(absl::string_view name);
+
+class DatasetManager {
+ public:
+  // Opens every dataset under options.root (creating it if needed) and recovers: CURRENT's version
+  // serves; versions left building or loading by a crash are marked failed and their data removed.
+  static absl::StatusOr<std::unique_ptr<DatasetManager>> Open(DatasetsOptions options,
+                                                             base::MetricsRegistry* metrics);
+  ~DatasetManager();
+
+  // Reads. INVALID_ARGUMENT names the field (dataset, keys[i], version); RESOURCE_EXHAUSTED for
+  // too many keys; FAILED_PRECONDITION when nothing is current; DATA_LOSS for a corrupt value.
+  absl::Status Get(const v1::DatasetGetRequest& req, v1::DatasetGetResponse* resp);
+  absl::Status MultiGet(const v1::DatasetMultiGetRequest& req, v1::DatasetMultiGetResponse* resp);
+
+  // Loads the build at req.path() as a new version (see the class comment). A load that fails
+  // after it was accepted leaves a FAILED version with the reason and returns that reason:
+  // FAILED_PRECONDITION (no or bad manifest, missing file, wrong dataset or schema), DATA_LOSS (size
+  // or checksum mismatch), RESOURCE_EXHAUSTED (disk full), CANCELLED (`cancelled` returned true).
+  // The current version keeps serving throughout.
+  absl::Status Load(const v1::LoadVersionRequest& req, const storage::CancelFn& cancelled,
+                    v1::LoadVersionResponse* resp);
+  absl::Status ListVersions(const v1::ListVersionsRequest& req, v1::ListVersionsResponse* resp);
+  // NOT_FOUND for an unknown dataset or version; FAILED_PRECONDITION if it is not loaded.
+  absl::Status Rollback(const v1::RollbackRequest& req, v1::RollbackResponse* resp);
+  absl::Status DeleteVersion(const v1::DeleteVersionRequest& req, v1::DeleteVersionResponse* resp);
+
+  const DatasetsOptions& options() const { return options_; }
+
+  // Blocks until every version dropped so far has been closed and deleted (tests).
+  void WaitForRetired();
+
+ private:
+  struct Version;
+  struct VersionRecord;
+  struct Dataset;
+  struct DatasetView;
+  struct View;
+  struct Counters;
+
+  DatasetManager(DatasetsOptions options, base::MetricsRegistry* metrics);
+  absl::Status Recover();
+  absl::Status RecoverDataset(const std::string& name);
+  Dataset* FindOrCreate(const std::string& name, Counters* counters) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Creates the dataset's metrics on first use. Never called with mu_ held: the metrics registry
+  // runs the scrape-time gauges (which take mu_) under its own lock.
+  Counters* CountersFor(const std::string& name) ABSL_LOCKS_EXCLUDED(mu_);
+  void Publish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Activate(Dataset* ds, uint64_t number) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops loaded versions beyond `backups` and failed ones beyond `keep_failed`, never the current
+  // version nor `keep`.
+  void Retain(Dataset* ds, uint64_t keep = 0) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Retire(Dataset* ds, uint64_t number) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PersistState(const Dataset& ds, const VersionRecord& r);
+  void FillInfo(const Dataset& ds, const VersionRecord& r, v1::VersionInfo* out) const;
+  absl::Status DoLoad(const std::string& name, uint64_t number, const std::string& vdir,
+                      const v1::LoadVersionRequest& req, const storage::CancelFn& cancelled,
+                      std::shared_ptr<const Version>* out, v1::LoadVersionResponse* resp, std::string* source_note);
+  std::shared_ptr<const View> view() const { return view_.load(std::memory_order_acquire); }
+  void ReaperLoop();
+  void RegisterMetrics();
+
+  DatasetsOptions options_;
+  base::MetricsRegistry* metrics_;
+  std::shared_ptr<storage::BlockCache> cache_;
+
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<Dataset>> datasets_ ABSL_GUARDED_BY(mu_);
+  std::atomic<std::shared_ptr<const View>> view_;
+
+  absl::Mutex counters_mu_;
+  std::map<std::string, std::unique_ptr<Counters>> counters_ ABSL_GUARDED_BY(counters_mu_);
+  base::Counter* corrupt_values_ = nullptr;
+
+  // Versions no longer reachable from the View, waiting for their last reader.
+  absl::Mutex retired_mu_;
+  std::vector<std::pair<std::shared_ptr<const Version>, std::string>> retired_ ABSL_GUARDED_BY(retired_mu_);
+  size_t reaping_ ABSL_GUARDED_BY(retired_mu_) = 0;  // taken off retired_, being closed and deleted
+  bool stop_ ABSL_GUARDED_BY(retired_mu_) = false;
+  std::thread reaper_;
+};
+
+}  // namespace kosh::datasets

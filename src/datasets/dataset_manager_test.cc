@@ -1,0 +1,440 @@
+#include "datasets/dataset_manager.h"
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "datasets/test_util.h"
+#include "gtest/gtest.h"
+
+namespace kosh::datasets {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+using testing::WriteText;
+
+class DatasetManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Reopen(); }
+
+  void Reopen(DatasetsOptions o = {}) {
+    manager_.reset();
+    metrics_ = std::make_unique<base::MetricsRegistry>();
+    if (o.root.empty()) o.root = dir_.File("root");
+    auto m = DatasetManager::Open(o, metrics_.get());
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = std::move(*m);
+  }
+
+  // A BYTES build of keys k0..k<n-1> whose values are "<tag>:<key>".
+  std::string BuildBytes(const std::string& name, const std::string& tag, int n = 500,
+                         const std::string& dataset = "ds") {
+    std::string text;
+    for (int i = 0; i < n; ++i) absl::StrAppend(&text, "k", i, ",", tag, ":k", i, "\n");
+    std::string in = dir_.File(name + ".csv");
+    WriteText(in, text);
+    auto o = testing::BytesBuild(dataset, {in}, dir_.File(name));
+    o.partitions = 4;
+    BuildReport r;
+    absl::Status s = Build(o, &r);
+    EXPECT_TRUE(s.ok()) << s;
+    return dir_.File(name);
+  }
+
+  absl::Status Load(const std::string& path, const std::string& dataset = "ds", bool activate = true,
+                    v1::LoadVersionResponse* out = nullptr) {
+    v1::LoadVersionRequest req;
+    req.set_dataset(dataset);
+    req.set_path(path);
+    req.set_activate(activate);
+    v1::LoadVersionResponse resp;
+    absl::Status s = manager_->Load(req, nullptr, &resp);
+    if (out) *out = resp;
+    return s;
+  }
+
+  // The value of `key` as served now (or at `version`), "" when not found.
+  std::string Read(const std::string& key, uint64_t version = 0, uint64_t* served = nullptr) {
+    v1::DatasetGetRequest req;
+    req.set_dataset("ds");
+    req.set_key(key);
+    req.set_version(version);
+    v1::DatasetGetResponse resp;
+    absl::Status s = manager_->Get(req, &resp);
+    EXPECT_TRUE(s.ok()) << s;
+    if (served) *served = resp.version();
+    return resp.entry().status() == v1::FOUND ? resp.entry().value().bytes_value() : "";
+  }
+
+  v1::DatasetInfo Info(const std::string& dataset = "ds") {
+    v1::ListVersionsRequest req;
+    req.set_dataset(dataset);
+    v1::ListVersionsResponse resp;
+    EXPECT_TRUE(manager_->ListVersions(req, &resp).ok());
+    if (resp.datasets_size() == 0) return v1::DatasetInfo();
+    return resp.datasets(0);
+  }
+
+  v1::VersionState StateOf(uint64_t v) {
+    const v1::DatasetInfo info = Info();
+    for (const auto& vi : info.versions()) {
+      if (vi.version() == v) return vi.state();
+    }
+    return v1::VERSION_STATE_UNSPECIFIED;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<base::MetricsRegistry> metrics_;
+  std::unique_ptr<DatasetManager> manager_;
+};
+
+TEST_F(DatasetManagerTest, LoadSwapRollbackAndPinnedReads) {
+  std::string a = BuildBytes("a", "A");
+  std::string b = BuildBytes("b", "B");
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(Load(a, "ds", true, &resp).ok());
+  EXPECT_EQ(resp.version().version(), 1u);
+  EXPECT_EQ(resp.version().state(), v1::VERSION_CURRENT);
+  EXPECT_EQ(resp.version().rows(), 500u);
+  EXPECT_TRUE(resp.linked());
+  EXPECT_EQ(Read("k7"), "A:k7");
+  EXPECT_EQ(Read("nope"), "");
+
+  ASSERT_TRUE(Load(b).ok());
+  uint64_t served = 0;
+  EXPECT_EQ(Read("k7", 0, &served), "B:k7");
+  EXPECT_EQ(served, 2u);
+  EXPECT_EQ(Read("k7", 1), "A:k7") << "a backup can be pinned";
+  EXPECT_EQ(StateOf(1), v1::VERSION_BACKUP);
+  EXPECT_EQ(StateOf(2), v1::VERSION_CURRENT);
+
+  v1::RollbackRequest rb;
+  rb.set_dataset("ds");
+  v1::RollbackResponse rr;
+  ASSERT_TRUE(manager_->Rollback(rb, &rr).ok());
+  EXPECT_EQ(rr.previous_version(), 2u);
+  EXPECT_EQ(rr.version().version(), 1u);
+  EXPECT_EQ(Read("k7"), "A:k7");
+  EXPECT_EQ(StateOf(2), v1::VERSION_BACKUP);
+  // And forward again, by number.
+  rb.set_version(2);
+  ASSERT_TRUE(manager_->Rollback(rb, &rr).ok());
+  EXPECT_EQ(Read("k7"), "B:k7");
+
+  // A version loaded without activation is READY, readable pinned, not current.
+  ASSERT_TRUE(Load(a, "ds", false).ok());
+  EXPECT_EQ(StateOf(3), v1::VERSION_READY);
+  EXPECT_EQ(Read("k1"), "B:k1");
+  EXPECT_EQ(Read("k1", 3), "A:k1");
+
+  std::string metrics = metrics_->RenderPrometheus();
+  EXPECT_NE(metrics.find("kosh_dataset_versions{dataset=\"ds\",state=\"current\"} 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("kosh_dataset_version_rows{dataset=\"ds\",version=\"3\",state=\"ready\"} 500"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("kosh_dataset_rollbacks_total{dataset=\"ds\"} 2"), std::string::npos);
+  EXPECT_NE(metrics.find("kosh_dataset_current_version{dataset=\"ds\"} 2"), std::string::npos);
+}
+
+TEST_F(DatasetManagerTest, RetentionKeepsNBackupsAndDeletesOlderFiles) {
+  DatasetsOptions o;
+  o.backups = 1;
+  Reopen(o);
+  std::string a = BuildBytes("a", "A");
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Load(a).ok());
+  manager_->WaitForRetired();
+  auto info = Info();
+  ASSERT_EQ(info.versions_size(), 2);
+  EXPECT_EQ(info.versions(0).version(), 4u);
+  EXPECT_EQ(info.versions(1).version(), 3u);
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000001")));
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000002")));
+  EXPECT_TRUE(fs::exists(dir_.File("root/ds/v00000003")));
+  // The build directory is untouched: versions hold their own links.
+  EXPECT_TRUE(ReadBuildManifest(a).ok());
+  EXPECT_EQ(Read("k3"), "A:k3");
+}
+
+TEST_F(DatasetManagerTest, FailedLoadsLeaveTheCurrentVersionServing) {
+  std::string a = BuildBytes("a", "A");
+  ASSERT_TRUE(Load(a).ok());
+
+  // Corrupt byte.
+  std::string c = BuildBytes("c", "C");
+  auto m = ReadBuildManifest(c);
+  {
+    std::fstream f(c + "/" + m->files[0].name, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.write("\x01\x02\x03", 3);
+  }
+  absl::Status s = Load(c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("checksum mismatch"), std::string::npos) << s;
+  EXPECT_NE(s.message().find(m->files[0].name), std::string::npos) << s;
+  EXPECT_EQ(Read("k1"), "A:k1");
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000002/db")));
+
+  // Truncated file.
+  std::string t = BuildBytes("t", "T");
+  m = ReadBuildManifest(t);
+  fs::resize_file(t + "/" + m->files[1].name, m->files[1].bytes / 2);
+  s = Load(t);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_NE(s.message().find("truncated"), std::string::npos) << s;
+
+  // Missing file.
+  std::string x = BuildBytes("x", "X");
+  m = ReadBuildManifest(x);
+  fs::remove(x + "/" + m->files[2].name);
+  s = Load(x);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("missing file " + m->files[2].name), std::string::npos) << s;
+
+  // No manifest (an unfinished build), a manifest that is not JSON, a wrong dataset, a wrong kind.
+  fs::create_directories(dir_.File("empty"));
+  EXPECT_NE(Load(dir_.File("empty")).message().find("the build did not finish"), std::string::npos);
+  std::string j = BuildBytes("j", "J");
+  WriteText(j + "/manifest.json", "{not json");
+  EXPECT_NE(Load(j).message().find("not valid JSON"), std::string::npos);
+  std::string other = BuildBytes("o", "O", 10, "other");
+  EXPECT_NE(Load(other).message().find("wrong dataset"), std::string::npos);
+  std::string in = dir_.File("r.csv");
+  WriteText(in, "k1,1:0.5\n");
+  BuildReport r;
+  ASSERT_TRUE(Build(testing::RecsBuild("ds", {in}, dir_.File("r")), &r).ok());
+  s = Load(dir_.File("r"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("wrong schema: dataset \"ds\" serves BYTES, the build is RECS"), std::string::npos) << s;
+
+  // Still version 1, and every failure is listed with its reason.
+  EXPECT_EQ(Read("k2"), "A:k2");
+  auto info = Info();
+  EXPECT_EQ(info.current_version(), 1u);
+  int failed = 0;
+  for (const auto& v : info.versions()) {
+    if (v.state() == v1::VERSION_FAILED) {
+      ++failed;
+      EXPECT_FALSE(v.failure().empty());
+    }
+  }
+  EXPECT_EQ(failed, 5) << "keep_failed trims the oldest failure records";
+
+  // The schema change is accepted when asked for.
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(dir_.File("r"));
+  req.set_allow_schema_change(true);
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(manager_->Load(req, nullptr, &resp).ok());
+  v1::DatasetMultiGetRequest mg;
+  mg.set_dataset("ds");
+  mg.add_keys("k1");
+  v1::DatasetMultiGetResponse mr;
+  ASSERT_TRUE(manager_->MultiGet(mg, &mr).ok());
+  EXPECT_EQ(mr.kind(), v1::DATASET_KIND_RECS);
+  EXPECT_EQ(mr.entries(0).value().recs().items(0).item_id(), "1");
+}
+
+TEST_F(DatasetManagerTest, RestartServesCurrentAndFailsInterruptedLoads) {
+  std::string a = BuildBytes("a", "A");
+  std::string b = BuildBytes("b", "B");
+  ASSERT_TRUE(Load(a).ok());
+  ASSERT_TRUE(Load(b).ok());
+  v1::RollbackRequest rb;
+  rb.set_dataset("ds");
+  v1::RollbackResponse rr;
+  ASSERT_TRUE(manager_->Rollback(rb, &rr).ok());
+  // Simulate a crash in the middle of a load: a version directory left in "loading".
+  fs::create_directories(dir_.File("root/ds/v00000003/db"));
+  WriteText(dir_.File("root/ds/v00000003/state.json"), R"({"version": 3, "state": "loading"})");
+  WriteText(dir_.File("root/ds/NEXT"), "4\n");
+
+  Reopen();
+  EXPECT_EQ(Read("k9"), "A:k9") << "the version that was current before the restart";
+  EXPECT_EQ(Read("k9", 2), "B:k9");
+  EXPECT_EQ(StateOf(2), v1::VERSION_BACKUP);
+  EXPECT_EQ(StateOf(3), v1::VERSION_FAILED);
+  const v1::DatasetInfo info = Info();
+  for (const auto& v : info.versions()) {
+    if (v.version() == 3) {
+      EXPECT_NE(v.failure().find("interrupted"), std::string::npos) << v.failure();
+    }
+  }
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000003/db")));
+  // Numbers are never reused.
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(Load(b, "ds", true, &resp).ok());
+  EXPECT_EQ(resp.version().version(), 4u);
+}
+
+TEST_F(DatasetManagerTest, ReadersSeeExactlyOneVersionDuringRepeatedSwaps) {
+  std::string a = BuildBytes("a", "A", 2000);
+  std::string b = BuildBytes("b", "B", 2000);
+  ASSERT_TRUE(Load(a).ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> reads{0}, errors{0}, mixed{0}, wrong_tag{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      v1::DatasetMultiGetRequest req;
+      req.set_dataset("ds");
+      for (int i = 0; i < 50; ++i) req.add_keys(absl::StrCat("k", (i * 37 + t) % 2000));
+      while (!stop.load()) {
+        v1::DatasetMultiGetResponse resp;
+        absl::Status s = manager_->MultiGet(req, &resp);
+        if (!s.ok()) {
+          errors++;
+          continue;
+        }
+        reads++;
+        std::string tag;
+        for (const auto& e : resp.entries()) {
+          std::string v = e.value().bytes_value();
+          std::string t1 = v.substr(0, 1);
+          if (tag.empty()) tag = t1;
+          if (e.status() != v1::FOUND || t1 != tag) mixed++;
+        }
+        // Odd versions were loaded from A, even from B.
+        if (tag != (resp.version() % 2 == 1 ? "A" : "B")) wrong_tag++;
+      }
+    });
+  }
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(Load(i % 2 == 0 ? b : a).ok());
+  stop = true;
+  for (auto& t : readers) t.join();
+  EXPECT_GT(reads.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(mixed.load(), 0);
+  EXPECT_EQ(wrong_tag.load(), 0);
+  manager_->WaitForRetired();
+  EXPECT_EQ(Info().versions_size(), 3) << "current + 2 backups";
+}
+
+TEST_F(DatasetManagerTest, CancelledLoadFailsAndConcurrentLoadsAreRefused) {
+  std::string a = BuildBytes("a", "A");
+  ASSERT_TRUE(Load(a).ok());
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(a);
+  v1::LoadVersionResponse resp;
+  absl::Status s = manager_->Load(req, [] { return true; }, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_EQ(Read("k1"), "A:k1");
+
+  // A slow load (rate-limited) holds the dataset; a second one is ABORTED meanwhile.
+  std::string big = BuildBytes("big", "G", 20000);
+  std::atomic<bool> done{false};
+  std::thread slow([&] {
+    v1::LoadVersionRequest r2;
+    r2.set_dataset("ds");
+    r2.set_path(big);
+    r2.set_rate_limit_bytes_per_second(256 << 10);
+    v1::LoadVersionResponse out;
+    EXPECT_EQ(manager_->Load(r2, [&] { return done.load(); }, &out).code(), absl::StatusCode::kCancelled);
+  });
+  for (int i = 0; i < 200 && StateOf(3) != v1::VERSION_BUILDING; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(StateOf(3), v1::VERSION_BUILDING);
+  EXPECT_EQ(Load(a).code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(Read("k1"), "A:k1");
+  done = true;
+  slow.join();
+}
+
+TEST_F(DatasetManagerTest, RequestErrorsNameTheField) {
+  std::string a = BuildBytes("a", "A");
+  ASSERT_TRUE(Load(a).ok());
+  v1::DatasetMultiGetRequest req;
+  v1::DatasetMultiGetResponse resp;
+  EXPECT_NE(manager_->MultiGet(req, &resp).message().find("dataset:"), std::string::npos);
+  req.set_dataset("nope");
+  req.add_keys("k1");
+  EXPECT_NE(manager_->MultiGet(req, &resp).message().find("unknown dataset \"nope\""), std::string::npos);
+  req.set_dataset("ds");
+  req.add_keys("");
+  EXPECT_NE(manager_->MultiGet(req, &resp).message().find("keys[1]: empty key"), std::string::npos);
+  req.clear_keys();
+  for (int i = 0; i < 1001; ++i) req.add_keys("k");
+  EXPECT_EQ(manager_->MultiGet(req, &resp).code(), absl::StatusCode::kResourceExhausted);
+  req.clear_keys();
+  req.add_keys("k1");
+  req.set_version(9);
+  absl::Status s = manager_->MultiGet(req, &resp);
+  EXPECT_NE(s.message().find("no loaded version 9 (loaded: 1)"), std::string::npos) << s;
+
+  v1::DeleteVersionRequest del;
+  del.set_dataset("ds");
+  del.set_version(1);
+  v1::DeleteVersionResponse dr;
+  EXPECT_EQ(manager_->DeleteVersion(del, &dr).code(), absl::StatusCode::kFailedPrecondition);
+  del.set_version(5);
+  EXPECT_EQ(manager_->DeleteVersion(del, &dr).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Load(a, "ds", false).ok());
+  del.set_version(2);
+  EXPECT_TRUE(manager_->DeleteVersion(del, &dr).ok());
+  manager_->WaitForRetired();
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000002")));
+
+  v1::LoadVersionRequest lr;
+  lr.set_dataset("bad/name");
+  lr.set_path(a);
+  v1::LoadVersionResponse lresp;
+  EXPECT_EQ(manager_->Load(lr, nullptr, &lresp).code(), absl::StatusCode::kInvalidArgument);
+  lr.set_dataset("ds");
+  lr.set_path("relative/path");
+  EXPECT_EQ(manager_->Load(lr, nullptr, &lresp).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DatasetsOptionsTest, ParsesAndNamesPathsInErrors) {
+  auto o = ParseDatasetsOptions(YAML::Node(), "/data");
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->root, "/data/datasets");
+  EXPECT_EQ(o->backups, 2u);
+  auto y = YAML::Load(R"(
+backups: 3
+load_rate_limit: 100MiB
+warm_up: true
+declare:
+  - {name: recs, kind: recs}
+  - {name: prof, kind: record, fields: [{name: age, type: int32}]}
+)");
+  o = ParseDatasetsOptions(y, "/data");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->backups, 3u);
+  EXPECT_EQ(o->load_rate_limit, 100ull << 20);
+  EXPECT_TRUE(o->warm_up);
+  ASSERT_EQ(o->declared.size(), 2u);
+  EXPECT_EQ(o->declared[1].schema.Describe(), "RECORD(age INT32)");
+  auto bad = ParseDatasetsOptions(YAML::Load("backupz: 1"), "/data");
+  EXPECT_NE(bad.status().message().find("datasets.backupz"), std::string::npos) << bad.status();
+  bad = ParseDatasetsOptions(YAML::Load("declare: [{name: x, kind: table}]"), "/data");
+  EXPECT_NE(bad.status().message().find("datasets.declare[0].kind"), std::string::npos) << bad.status();
+  bad = ParseDatasetsOptions(YAML::Load("max_keys_per_request: 0"), "/data");
+  EXPECT_NE(bad.status().message().find("datasets.max_keys_per_request"), std::string::npos) << bad.status();
+}
+
+TEST_F(DatasetManagerTest, DeclaredDatasetsRejectOtherKinds) {
+  DatasetsOptions o;
+  o.declared.push_back({"ds", *MakeSchema(v1::DATASET_KIND_RECS, {})});
+  Reopen(o);
+  EXPECT_EQ(Info().kind(), v1::DATASET_KIND_RECS);
+  std::string a = BuildBytes("a", "A");
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(a);
+  req.set_allow_schema_change(true);  // does not override a declaration
+  v1::LoadVersionResponse resp;
+  absl::Status s = manager_->Load(req, nullptr, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("is declared as RECS"), std::string::npos) << s;
+  v1::DatasetGetRequest g;
+  g.set_dataset("ds");
+  g.set_key("k1");
+  v1::DatasetGetResponse gr;
+  EXPECT_EQ(manager_->Get(g, &gr).code(), absl::StatusCode::kFailedPrecondition) << "nothing current yet";
+}
+
+}  // namespace
+}  // namespace kosh::datasets

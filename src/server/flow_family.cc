@@ -1,0 +1,139 @@
+#include "server/flow_family.h"
+
+#include "absl/strings/str_cat.h"
+#include "base/config.h"
+#include "base/status.h"
+#include "flows/executor.h"
+#include "flows/flow_registry.h"
+#include "google/protobuf/arena.h"
+#include "grpcpp/support/message_allocator.h"
+#include "kosh/v1/flows.grpc.pb.h"
+#include "server/family_util.h"
+#include "spdlog/spdlog.h"
+
+namespace kosh::server {
+namespace {
+
+struct Ids {
+  int put, get, list, infer;
+};
+
+// The request and response of one Infer on one arena (as feature_family.cc does for Retrieve): a
+// 100-row matrix is over a thousand Value messages.
+class InferAllocator final : public grpc::MessageAllocator<v1::InferRequest, v1::InferResponse> {
+ public:
+  grpc::MessageHolder<v1::InferRequest, v1::InferResponse>* AllocateMessages() override { return new Holder; }
+
+ private:
+  class Holder final : public grpc::MessageHolder<v1::InferRequest, v1::InferResponse> {
+   public:
+    Holder() : arena_(Options()) {
+      set_request(google::protobuf::Arena::CreateMessage<v1::InferRequest>(&arena_));
+      set_response(google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena_));
+    }
+    void Release() override { delete this; }
+
+   private:
+    static google::protobuf::ArenaOptions Options() {
+      google::protobuf::ArenaOptions o;
+      o.start_block_size = 16384;
+      o.max_block_size = 262144;
+      return o;
+    }
+    google::protobuf::Arena arena_;
+  };
+};
+
+class FlowsGrpc final : public v1::Flows::CallbackService {
+ public:
+  FlowsGrpc(server::Service* svc, const Ids* ids) : svc_(svc), ids_(ids) { SetMessageAllocatorFor_Infer(&infer_allocator_); }
+  grpc::ServerUnaryReactor* PutFlow(grpc::CallbackServerContext* ctx, const v1::PutFlowRequest* req,
+                                    v1::PutFlowResponse* resp) override {
+    return RunUnary(svc_, ids_->put, ctx, req, resp);
+  }
+  grpc::ServerUnaryReactor* GetFlow(grpc::CallbackServerContext* ctx, const v1::GetFlowRequest* req,
+                                    v1::FlowRecord* resp) override {
+    return RunUnary(svc_, ids_->get, ctx, req, resp);
+  }
+  grpc::ServerUnaryReactor* ListFlows(grpc::CallbackServerContext* ctx, const v1::ListFlowsRequest* req,
+                                      v1::ListFlowsResponse* resp) override {
+    return RunUnary(svc_, ids_->list, ctx, req, resp);
+  }
+  grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* req,
+                                  v1::InferResponse* resp) override {
+    return RunUnary(svc_, ids_->infer, ctx, req, resp);
+  }
+
+ private:
+  server::Service* svc_;
+  const Ids* ids_;
+  InferAllocator infer_allocator_;
+};
+
+class FlowFamily final : public Family {
+ public:
+  explicit FlowFamily(std::shared_ptr<FeatureHandles> handles) : handles_(std::move(handles)) {}
+
+  std::vector<storage::KeyspaceOptions> Keyspaces() const override { return {{"flows", nullptr, nullptr}}; }
+
+  absl::Status Start(const FamilyContext& ctx) override {
+    if (handles_ == nullptr || handles_->registry == nullptr || handles_->store == nullptr) {
+      return absl::FailedPreconditionError("flows: the feature family must start before the flows family");
+    }
+    ASSIGN_OR_RETURN(flows::FlowsOptions opts, flows::ParseFlowsOptions(ctx.options->flows));
+    ASSIGN_OR_RETURN(registry_, flows::FlowRegistry::Open(ctx.engine, ctx.keyspaces[0], handles_->registry, opts,
+                                                          ctx.metrics));
+    for (const auto& path : opts.files) {
+      ASSIGN_OR_RETURN(std::string text, base::ReadFile(path));
+      v1::PutFlowRequest req;
+      req.set_config(text);
+      auto put = registry_->Put(req);
+      if (!put.ok()) return absl::Status(put.status().code(), absl::StrCat(path, ": ", put.status().message()));
+      spdlog::info("flow {}: model {} version {}{}", path, put->model_id(), put->version(),
+                   put->created() ? "" : " (unchanged)");
+    }
+    executor_ = std::make_unique<flows::Executor>(handles_->store, opts);
+    Service* s = ctx.service;
+    flows::FlowRegistry* reg = registry_.get();
+    flows::Executor* exec = executor_.get();
+    ids_.put = s->Register(TypedMethod<v1::PutFlowRequest, v1::PutFlowResponse>(
+        "PutFlow", "/v1/flows/put", Scope::kAdmin, [reg](const auto& req, auto* resp) {
+          ASSIGN_OR_RETURN(*resp, reg->Put(req));
+          return absl::OkStatus();
+        }));
+    ids_.get = s->Register(TypedMethod<v1::GetFlowRequest, v1::FlowRecord>(
+        "GetFlow", "/v1/flows/get", Scope::kRead, [reg](const auto& req, auto* resp) {
+          ASSIGN_OR_RETURN(*resp, reg->Get(req.model_id(), req.version()));
+          return absl::OkStatus();
+        }));
+    ids_.list = s->Register(TypedMethod<v1::ListFlowsRequest, v1::ListFlowsResponse>(
+        "ListFlows", "/v1/flows/list", Scope::kRead, [reg](const auto&, auto* resp) {
+          for (auto& f : reg->List()) *resp->add_flows() = std::move(f);
+          return absl::OkStatus();
+        }));
+    ids_.infer = s->Register(TypedMethod<v1::InferRequest, v1::InferResponse>(
+        "Infer", "/v1/flows/infer", Scope::kRead, [reg, exec](const auto& req, auto* resp) {
+          ASSIGN_OR_RETURN(auto flow, reg->Find(req.model_id(), req.version()));
+          return exec->Run(*flow, req, resp);
+        }));
+    grpc_ = std::make_unique<FlowsGrpc>(s, &ids_);
+    return absl::OkStatus();
+  }
+
+  std::vector<grpc::Service*> GrpcServices() override { return {grpc_.get()}; }
+
+ private:
+  std::shared_ptr<FeatureHandles> handles_;
+  std::unique_ptr<flows::FlowRegistry> registry_;
+  std::unique_ptr<flows::Executor> executor_;
+  Ids ids_{};
+  std::unique_ptr<FlowsGrpc> grpc_;
+};
+
+}  // namespace
+
+std::unique_ptr<Family> NewFlowFamily(std::shared_ptr<FeatureHandles> handles) {
+  return std::make_unique<FlowFamily>(std::move(handles));
+}
+
+}  // namespace kosh::server

@@ -1,0 +1,259 @@
+// Flows through the real binary: the example schema and data, the example flow (loaded from the
+// config's flows.files), multi-hop fetches, broadcast, missing entities, invalid configs over gRPC
+// and HTTP, a component timeout (test hook), and a hot reload under load with zero failed requests.
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "harness.h"
+#include "kosh/v1/flows.grpc.pb.h"
+
+namespace kosh::e2e {
+namespace {
+
+class FlowsE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    KoshServer::Options opts;
+    opts.schema_files = {SourcePath("examples/schema.yaml")};
+    opts.config_yaml = absl::StrCat("flows:\n  files: [", SourcePath("examples/flows/ranker.yaml"),
+                                    "]\n  enable_test_hooks: true\n");
+    server_ = new KoshServer(opts);
+    auto started = server_->Start();
+    ASSERT_TRUE(started) << started.message();
+    for (const char* f : {"users.json", "products.json", "affinity.json"}) {
+      auto r = RunCommand({KoshBinary(), "put", "--server", server_->grpc_target(), "--file",
+                           SourcePath(std::string("examples/data/") + f)});
+      ASSERT_TRUE(r.status.exited && r.status.code == 0) << r.err;
+    }
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+
+  std::unique_ptr<v1::Flows::Stub> Stub() { return v1::Flows::NewStub(server_->NewChannel()); }
+
+  v1::InferRequest Request(std::vector<std::string> targets, const std::string& model = "ranker") {
+    v1::InferRequest req;
+    req.set_model_id(model);
+    (*req.mutable_context())["user_id"] = "u1";
+    for (auto& t : targets) req.add_targets(t);
+    return req;
+  }
+
+  static int Col(const v1::InferResponse& r, const std::string& name) {
+    for (int i = 0; i < r.columns_size(); ++i) {
+      if (r.columns(i).name() == name) return i;
+    }
+    ADD_FAILURE() << "no column " << name;
+    return 0;
+  }
+  static const v1::MatrixRow* Row(const v1::InferResponse& r, const std::string& target) {
+    for (const auto& row : r.rows()) {
+      if (row.target() == target) return &row;
+    }
+    ADD_FAILURE() << "no row " << target;
+    return &r.rows(0);
+  }
+
+  static KoshServer* server_;
+};
+KoshServer* FlowsE2E::server_ = nullptr;
+
+TEST_F(FlowsE2E, MultiHopBroadcastAndMissingOverGrpc) {
+  auto stub = Stub();
+  auto req = Request({"p1", "p2", "p404"});
+  req.set_return_timings(true);
+  v1::InferResponse resp;
+  auto st = Invoke(stub.get(), &v1::Flows::Stub::Infer, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.model_id(), "ranker");
+  EXPECT_FALSE(resp.partial());
+  ASSERT_EQ(resp.rows_size(), 3);
+  // Broadcast user features.
+  int age = Col(resp, "user.user_profile.age");
+  EXPECT_FALSE(resp.columns(age).per_row());
+  for (const auto& row : resp.rows()) EXPECT_EQ(row.values(age).int32_value(), 31);
+  // Hop: p1 -> c10 -> (u1, c10) affinity 0.81; p2 -> c20 -> 0.12.
+  int aff = Col(resp, "user_category.affinity.score");
+  EXPECT_NEAR(Row(resp, "p1")->values(aff).float32_value(), 0.81, 1e-6);
+  EXPECT_NEAR(Row(resp, "p2")->values(aff).float32_value(), 0.12, 1e-6);
+  EXPECT_EQ(Row(resp, "p1")->statuses(aff), v1::PRESENT);
+  // Missing product: MISSING statuses with defaults, in its own and the dependent columns.
+  EXPECT_EQ(Row(resp, "p404")->statuses(Col(resp, "product.product_stats.price")), v1::MISSING);
+  EXPECT_EQ(Row(resp, "p404")->statuses(aff), v1::MISSING);
+  EXPECT_NEAR(Row(resp, "p404")->values(aff).float32_value(), 0.5, 1e-6);  // the schema default
+  // Scores are sorted descending and in (0, 1) (logistic).
+  int score = Col(resp, "score");
+  for (int i = 0; i < resp.rows_size(); ++i) {
+    float s = resp.rows(i).values(score).float32_value();
+    EXPECT_GT(s, 0.0f);
+    EXPECT_LT(s, 1.0f);
+    if (i > 0) {
+      EXPECT_LE(s, resp.rows(i - 1).values(score).float32_value());
+    }
+  }
+  EXPECT_EQ(resp.rows(0).target(), "p1");  // the higher affinity and more clicks
+  EXPECT_EQ(resp.components_size(), 5);
+  // Per-component metrics are always in /metrics.
+  auto m = server_->Get("/metrics");
+  EXPECT_TRUE(absl::StrContains(m.body, "kosh_flow_component_seconds_count{model=\"ranker\",component=\"user_category\"}"))
+      << m.body.substr(0, 2000);
+}
+
+TEST_F(FlowsE2E, HttpInferDryRunAndDense) {
+  auto r = server_->Post("/v1/flows/infer",
+                         R"({"model_id":"ranker","context":{"user_id":"u1"},"targets":["p2","p1"],"dense":true})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  v1::InferResponse resp;
+  ASSERT_TRUE(ParseJson(r.body, &resp));
+  ASSERT_EQ(resp.rows_size(), 2);
+  EXPECT_GT(resp.dense_width(), 0u);
+  EXPECT_EQ(resp.dense_size(), static_cast<int>(2 * resp.dense_width()));
+  auto d = server_->Post("/v1/flows/infer", R"({"model_id":"ranker","dry_run":true})");
+  ASSERT_EQ(d.status, 200) << d.body;
+  v1::InferResponse plan;
+  ASSERT_TRUE(ParseJson(d.body, &plan));
+  ASSERT_EQ(plan.plan().stages_size(), 3);
+  EXPECT_EQ(plan.plan().stages(1).components(0).name(), "user_category");
+  // Bad requests name the field.
+  auto bad = server_->Post("/v1/flows/infer", R"({"model_id":"ranker","targets":["p1"]})");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_TRUE(absl::StrContains(ParseErrorBody(bad.body).message, "context: missing \"user_id\"")) << bad.body;
+  auto unknown = server_->Post("/v1/flows/infer", R"({"model_id":"nope","targets":["p1"]})");
+  EXPECT_EQ(unknown.status, 404) << unknown.body;
+}
+
+TEST_F(FlowsE2E, InvalidConfigsAreRejectedAndChangeNothing) {
+  auto stub = Stub();
+  v1::ListFlowsResponse before;
+  ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::ListFlows, v1::ListFlowsRequest(), &before).ok());
+  struct Case {
+    std::string config, message;
+  };
+  std::string base = ReadFile(SourcePath("examples/flows/ranker.yaml"));
+  ASSERT_FALSE(base.empty());
+  auto edit = [&](const std::string& from, const std::string& to) {
+    std::string c = base;
+    c.replace(c.find(from), from.size(), to);
+    return c;
+  };
+  std::vector<Case> cases = {
+      {edit("entity: user_category", "entity: nobody"), "components[2] (user_category).entity: unknown entity \"nobody\""},
+      {edit("affinity.clicks_30d, affinity.score", "affinity.clicks"), "unknown feature \"clicks\" in group \"affinity\""},
+      {edit("keys: [user_id, product.product_stats.category_id]", "keys: [user_id]"), "is keyed by (user_id, category_id)"},
+      {edit("log1p(product.product_stats.price)", "log1p(score)"), "dependency cycle"},
+      {edit("log1p(product.product_stats.price)", "log1p(product.product_stats.category_id)"), "is STRING"},
+      {"model_id: [", "line"},
+  };
+  for (const auto& c : cases) {
+    v1::PutFlowRequest req;
+    req.set_config(c.config);
+    v1::PutFlowResponse resp;
+    auto st = Invoke(stub.get(), &v1::Flows::Stub::PutFlow, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.message;
+    EXPECT_TRUE(absl::StrContains(st.error_message(), c.message)) << "want " << c.message << "\ngot " << st.error_message();
+  }
+  // The same over HTTP.
+  auto r = server_->Post("/v1/flows/put", ToJson([&] {
+                           v1::PutFlowRequest req;
+                           req.set_config(cases[0].config);
+                           return req;
+                         }()));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_TRUE(absl::StrContains(ParseErrorBody(r.body).message, "unknown entity")) << r.body;
+  v1::ListFlowsResponse after;
+  ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::ListFlows, v1::ListFlowsRequest(), &after).ok());
+  EXPECT_TRUE(ProtoEqual(before, after));
+}
+
+TEST_F(FlowsE2E, ComponentTimeoutIsExplicit) {
+  std::string cfg = ReadFile(SourcePath("examples/flows/ranker.yaml"));
+  cfg.replace(cfg.find("model_id: ranker"), 16, "model_id: slow_ranker");
+  cfg.replace(cfg.find("    timeout: 20ms"), 17, "    timeout: 20ms\n    test_delay: 200ms");
+  auto stub = Stub();
+  v1::PutFlowRequest put;
+  put.set_config(cfg);
+  v1::PutFlowResponse put_resp;
+  auto st = Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &put_resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  v1::InferResponse resp;
+  auto t0 = std::chrono::steady_clock::now();
+  st = Invoke(stub.get(), &v1::Flows::Stub::Infer, Request({"p1", "p2"}, "slow_ranker"), &resp);
+  auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_LT(took, std::chrono::milliseconds(180));
+  EXPECT_TRUE(resp.partial());
+  ASSERT_EQ(resp.failed_components_size(), 1);
+  EXPECT_EQ(resp.failed_components(0), "product");
+  int price = Col(resp, "product.product_stats.price");
+  EXPECT_EQ(resp.columns(price).status(), v1::COMPONENT_TIMEOUT);
+  EXPECT_EQ(resp.rows(0).statuses(price), v1::DEFAULT);
+  ASSERT_GE(resp.components_size(), 1);
+  EXPECT_EQ(resp.components(0).status(), v1::COMPONENT_TIMEOUT);
+  // Counted in /metrics by outcome.
+  bool found = false;
+  double v = MetricValue(server_->Get("/metrics").body,
+                         "kosh_flow_component_results_total{model=\"slow_ranker\",component=\"product\",status=\"timeout\"}",
+                         &found);
+  EXPECT_TRUE(found);
+  EXPECT_GE(v, 1);
+}
+
+TEST_F(FlowsE2E, HotReloadUnderLoadFailsNoRequest) {
+  std::string base = ReadFile(SourcePath("examples/flows/ranker.yaml"));
+  base.replace(base.find("model_id: ranker"), 16, "model_id: reload");
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::atomic<uint32_t> max_version{0};
+  std::vector<std::thread> load;
+  auto stub = Stub();
+  v1::PutFlowRequest put;
+  put.set_config(base);
+  v1::PutFlowResponse pr;
+  ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &pr).ok());
+  for (int t = 0; t < 2; ++t) {
+    load.emplace_back([&] {
+      auto s = Stub();
+      while (!stop.load()) {
+        v1::InferResponse resp;
+        auto st = Invoke(s.get(), &v1::Flows::Stub::Infer, Request({"p1", "p2"}, "reload"), &resp);
+        if (st.ok() && !resp.partial() && resp.rows_size() == 2) {
+          ++ok;
+          uint32_t v = resp.version(), cur = max_version.load();
+          while (v > cur && !max_version.compare_exchange_weak(cur, v)) {
+          }
+        } else {
+          ++failed;
+        }
+      }
+    });
+  }
+  for (int i = 1; i <= 10; ++i) {
+    std::string cfg = base;
+    cfg.replace(cfg.find("bias: -1.0"), 10, absl::StrCat("bias: ", -1.0 - i * 0.1));
+    put.set_config(cfg);
+    auto st = Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &pr);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(pr.version(), static_cast<uint32_t>(i + 1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  stop = true;
+  for (auto& t : load) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_GT(ok.load(), 20);
+  EXPECT_EQ(max_version.load(), 11u);  // the last version was served without a restart
+  v1::GetFlowRequest get;
+  get.set_model_id("reload");
+  get.set_version(3);
+  v1::FlowRecord rec;
+  ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::GetFlow, get, &rec).ok());
+  EXPECT_TRUE(absl::StrContains(rec.config(), "bias: -1.2"));
+}
+
+}  // namespace
+}  // namespace kosh::e2e
