@@ -6,8 +6,6 @@
 #include "features/feature_store.h"
 #include "features/registry.h"
 #include "features/schema_yaml.h"
-#include "google/protobuf/arena.h"
-#include "grpcpp/support/message_allocator.h"
 #include "kosh/v1/feature_store.grpc.pb.h"
 #include "kosh/v1/registry.grpc.pb.h"
 #include "server/family_util.h"
@@ -20,35 +18,6 @@ namespace {
 struct Ids {
   int retrieve, retrieve_matrix, persist;
   int create_entity, get_entity, list_entities, create_group, get_group, list_groups, add_version, apply;
-};
-
-// Puts the request and the response of one call on one protobuf arena, freed in one go when the
-// call ends. A read of 100 keys is hundreds of small messages (keys, columns, rows and values);
-// allocated one by one from the global heap they were the largest cost of the read path once the
-// heap held a warm row cache (docs/benchmarks.md). Thread-safe (stateless).
-template <typename Req, typename Resp>
-class ArenaMessageAllocator final : public grpc::MessageAllocator<Req, Resp> {
- public:
-  grpc::MessageHolder<Req, Resp>* AllocateMessages() override { return new Holder; }
-
- private:
-  class Holder final : public grpc::MessageHolder<Req, Resp> {
-   public:
-    Holder() : arena_(Options()) {
-      this->set_request(google::protobuf::Arena::CreateMessage<Req>(&arena_));
-      this->set_response(google::protobuf::Arena::CreateMessage<Resp>(&arena_));
-    }
-    void Release() override { delete this; }
-
-   private:
-    static google::protobuf::ArenaOptions Options() {
-      google::protobuf::ArenaOptions o;
-      o.start_block_size = 4096;  // a 100-key request alone is several KiB of messages
-      o.max_block_size = 65536;
-      return o;
-    }
-    google::protobuf::Arena arena_;
-  };
 };
 
 class FeatureStoreGrpc final : public v1::FeatureStore::CallbackService {

@@ -5,8 +5,6 @@
 #include "base/status.h"
 #include "flows/executor.h"
 #include "flows/flow_registry.h"
-#include "google/protobuf/arena.h"
-#include "grpcpp/support/message_allocator.h"
 #include "kosh/v1/flows.grpc.pb.h"
 #include "server/family_util.h"
 #include "spdlog/spdlog.h"
@@ -18,31 +16,8 @@ struct Ids {
   int put, get, list, infer;
 };
 
-// The request and response of one Infer on one arena (as feature_family.cc does for Retrieve): a
-// 100-row matrix is over a thousand Value messages.
-class InferAllocator final : public grpc::MessageAllocator<v1::InferRequest, v1::InferResponse> {
- public:
-  grpc::MessageHolder<v1::InferRequest, v1::InferResponse>* AllocateMessages() override { return new Holder; }
-
- private:
-  class Holder final : public grpc::MessageHolder<v1::InferRequest, v1::InferResponse> {
-   public:
-    Holder() : arena_(Options()) {
-      set_request(google::protobuf::Arena::CreateMessage<v1::InferRequest>(&arena_));
-      set_response(google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena_));
-    }
-    void Release() override { delete this; }
-
-   private:
-    static google::protobuf::ArenaOptions Options() {
-      google::protobuf::ArenaOptions o;
-      o.start_block_size = 16384;
-      o.max_block_size = 262144;
-      return o;
-    }
-    google::protobuf::Arena arena_;
-  };
-};
+// A 100-row matrix is over a thousand Value messages: start with larger arena blocks.
+using InferAllocator = ArenaMessageAllocator<v1::InferRequest, v1::InferResponse, 16384, 262144>;
 
 class FlowsGrpc final : public v1::Flows::CallbackService {
  public:
