@@ -106,6 +106,7 @@ KOSH="$BUILD_DIR/src/cli/kosh"
 LOAD="$BUILD_DIR/bench/interactions_load"
 [ -x "$KOSH" ] && [ -x "$LOAD" ] || { echo "interactions.sh: $KOSH or $LOAD missing" >&2; exit 1; }
 BUILD_TYPE=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
+BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo}  # CMakeLists.txt's default when none was given
 
 # --- helpers ---------------------------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)

@@ -8,8 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "base/status.h"
-#include "google/protobuf/arena.h"
-#include "grpcpp/support/message_allocator.h"
 #include "interactions/interaction_store.h"
 #include "interactions/options.h"
 #include "kosh/v1/interactions.grpc.pb.h"
@@ -21,33 +19,6 @@ namespace {
 // Method ids, in registration order.
 struct Ids {
   int register_type, list_types, write, ingest, last_k, window, count, delete_user, trim;
-};
-
-// The request and response of one call on one protobuf arena, freed in one go when the call ends
-// (as feature_family.cc does for Retrieve): a LastK of 16 users x 50 events is 800 item-id strings.
-template <typename Req, typename Resp>
-class ArenaAllocator final : public grpc::MessageAllocator<Req, Resp> {
- public:
-  grpc::MessageHolder<Req, Resp>* AllocateMessages() override { return new Holder; }
-
- private:
-  class Holder final : public grpc::MessageHolder<Req, Resp> {
-   public:
-    Holder() : arena_(Options()) {
-      this->set_request(google::protobuf::Arena::CreateMessage<Req>(&arena_));
-      this->set_response(google::protobuf::Arena::CreateMessage<Resp>(&arena_));
-    }
-    void Release() override { delete this; }
-
-   private:
-    static google::protobuf::ArenaOptions Options() {
-      google::protobuf::ArenaOptions o;
-      o.start_block_size = 8192;
-      o.max_block_size = 65536;
-      return o;
-    }
-    google::protobuf::Arena arena_;
-  };
 };
 
 // A fixed set of threads for the durable writes. gRPC runs callback handlers on a few threads
@@ -213,9 +184,10 @@ class InteractionsGrpc final : public v1::Interactions::CallbackService {
   server::Service* svc_;
   const Ids* ids_;
   WritePool* pool_;
-  ArenaAllocator<v1::LastKRequest, v1::HistoriesResponse> last_k_allocator_;
-  ArenaAllocator<v1::WindowRequest, v1::HistoriesResponse> window_allocator_;
-  ArenaAllocator<v1::WriteRequest, v1::WriteResponse> write_allocator_;
+  // A LastK of 16 users x 50 events is 800 item-id strings; a Write of 5000 events, 5000 messages.
+  ArenaMessageAllocator<v1::LastKRequest, v1::HistoriesResponse, 8192> last_k_allocator_;
+  ArenaMessageAllocator<v1::WindowRequest, v1::HistoriesResponse, 8192> window_allocator_;
+  ArenaMessageAllocator<v1::WriteRequest, v1::WriteResponse, 65536, 1 << 20> write_allocator_;
 };
 
 class InteractionFamily final : public Family {
