@@ -133,6 +133,10 @@ log "build: kosh dataset build (all $CORES cores, 2 GiB memory budget)"
   { cat "$TMP/build.err"; exit 1; }
 read -r BUILD_S BUILD_USER BUILD_SYS <"$TMP/build.time"
 log "built in $BUILD_S s (cpu $BUILD_USER user + $BUILD_SYS sys)"
+# Write back the generated input and the build output now, so that the kernel's writeback of
+# gigabytes of dirty pages does not land in the reader's idle window.
+sync
+sleep 5
 
 # --- the server -----------------------------------------------------------------------------------------
 cat >"$TMP/online_schema.yaml" <<'EOF'
@@ -194,6 +198,7 @@ PENDING=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" |
 log "online: $(cat "$TMP/online.json"); $FILES_AFTER_ONLINE storage files right after, ${PENDING:-0} bytes of compaction pending"
 A=$(now_ns); sleep 10; echo "after_online $A $(now_ns)" >>"$PHASES"
 
+LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 stop_pid "$READER_PID" INT
 READER_PID=""
 ANALYSIS=$("$DSB" analyze --records "$TMP/reader.bin" --phases "$PHASES")
@@ -203,10 +208,10 @@ flock -u 9
 
 # --- report -------------------------------------------------------------------------------------------
 python3 - "$TMP" "$INPUT_GB" "$INPUT_BYTES" "$USERS" "$CORES" "$BUILD_S" "$BUILD_USER" "$BUILD_SYS" \
-  "$LOADS" "$RATE" "$BULK_FILES" "$FILES_AFTER_ONLINE" "${PENDING:-0}" "$LOADAVG" "$ANALYSIS" <<'PY'
+  "$LOADS" "$RATE" "$BULK_FILES" "$FILES_AFTER_ONLINE" "${PENDING:-0}" "$LOADAVG" "$ANALYSIS" "$LOADAVG_END" <<'PY'
 import json, statistics, sys
 (tmp, input_gb, input_bytes, users, cores, build_s, build_user, build_sys, loads, rate, bulk_files,
- files_after_online, pending, loadavg, analysis) = sys.argv[1:]
+ files_after_online, pending, loadavg, analysis, loadavg_end) = sys.argv[1:]
 input_bytes, users, cores, loads = int(input_bytes), int(users), int(cores), int(loads)
 build_s, build_cpu = float(build_s), float(build_user) + float(build_sys)
 ph = json.loads(analysis)
@@ -221,7 +226,7 @@ online_total = online["seconds"] * users / online["rows"] if online["rows"] else
 def p(name, key):
     return ph.get(name, {}).get(key, 0.0)
 out = {
-    "input_gb": round(input_bytes / 1e9, 3), "users": users, "cores": cores, "load_average_at_start": loadavg,
+    "input_gb": round(input_bytes / 1e9, 3), "users": users, "cores": cores, "load_average_at_start": loadavg, "load_average_at_end": loadavg_end,
     "build_s": round(build_s, 2), "build_cpu_s": round(build_cpu, 2),
     "build_mb_s_per_core": round(mb / build_s / cores, 1), "build_mb_per_cpu_s": round(mb / build_cpu, 1),
     "build_output_gb": round(build["output_bytes"] / 1e9, 3), "build_files": int(bulk_files),

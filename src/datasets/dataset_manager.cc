@@ -1,8 +1,11 @@
 #include "datasets/dataset_manager.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +35,23 @@ using Json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Puts the calling thread in the SCHED_IDLE class (falling back to nice 19): it runs only when no
+// other thread wants the core, and a thread that wakes up to serve a read preempts it at once. Used
+// for the O(size) work of a load (checksums, warm-up) and for closing retired versions, so that a
+// push on a busy node does not take CPU from reads.
+void BackgroundPriority() {
+  sched_param p{};
+  p.sched_priority = 0;
+  if (::pthread_setschedparam(::pthread_self(), SCHED_IDLE, &p) != 0) {
+    ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 19);
+  }
+  // And the idle I/O class (honoured by the bfq and mq-deadline schedulers): its reads wait while
+  // reads of serving threads are queued. Best effort; failure changes nothing else.
+  constexpr int kIoprioWhoProcess = 1, kIoprioClassIdle = 3, kIoprioClassShift = 13;
+  (void)::syscall(SYS_ioprio_set, kIoprioWhoProcess, static_cast<int>(::gettid()),
+                  kIoprioClassIdle << kIoprioClassShift);
+}
 
 enum class State { kBuilding, kLoading, kReady, kFailed };
 
@@ -559,7 +579,7 @@ void DatasetManager::Retain(Dataset* ds, uint64_t keep) {
 
 void DatasetManager::ReaperLoop() {
   // Closing a store frees its table readers and cache entries: background work, like a load's.
-  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+  BackgroundPriority();
   while (true) {
     std::vector<std::pair<std::shared_ptr<const Version>, std::string>> done;
     {
@@ -880,9 +900,8 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
     const size_t nthreads = std::min<size_t>(options_.verify_threads, m.files.size());
     for (size_t t = 0; t < nthreads; ++t) {
       ts.emplace_back([&] {
-        // Reading and checksumming gigabytes is the one O(size) step of a load: run it at a lower
-        // CPU priority (nice 10) so that the threads serving reads win the cores while it runs.
-        ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+        // Reading and checksumming gigabytes is the one O(size) step of a load.
+        BackgroundPriority();
         for (size_t i = next.fetch_add(1); i < m.files.size(); i = next.fetch_add(1)) {
           results[i] = verify_one(i);
           if (!results[i].ok()) next.store(m.files.size());  // stop the others early
@@ -938,7 +957,7 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
     const auto warm_start = Clock::now();
     absl::Status warmed;
     std::thread t([&] {
-      ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+      BackgroundPriority();
       for (const auto& f : files) {
         auto d = storage::DigestFile(vdir + "/db/" + f.name, &throttle, cancelled);
         if (!d.ok()) {

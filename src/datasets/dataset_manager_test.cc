@@ -1,5 +1,8 @@
 #include "datasets/dataset_manager.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -135,6 +138,33 @@ TEST_F(DatasetManagerTest, LoadSwapRollbackAndPinnedReads) {
             std::string::npos);
   EXPECT_NE(metrics.find("kosh_dataset_rollbacks_total{dataset=\"ds\"} 2"), std::string::npos);
   EXPECT_NE(metrics.find("kosh_dataset_current_version{dataset=\"ds\"} 2"), std::string::npos);
+}
+
+TEST_F(DatasetManagerTest, CopiesAcrossFilesystemsAndWarmsWhenAsked) {
+  // /dev/shm is a tmpfs: a build there cannot be hard-linked into a root under /tmp.
+  struct stat shm, tmp;
+  if (::stat("/dev/shm", &shm) != 0 || ::stat(dir_.path().c_str(), &tmp) != 0 || shm.st_dev == tmp.st_dev) {
+    GTEST_SKIP() << "no second filesystem to build on";
+  }
+  std::string text;
+  for (int i = 0; i < 300; ++i) absl::StrAppend(&text, "k", i, ",S:k", i, "\n");
+  std::string shm_dir = "/dev/shm/kosh-ds-test-" + std::to_string(::getpid());
+  fs::remove_all(shm_dir);
+  fs::create_directories(shm_dir);
+  WriteText(shm_dir + "/in.csv", text);
+  BuildReport r;
+  ASSERT_TRUE(Build(testing::BytesBuild("ds", {shm_dir + "/in.csv"}, shm_dir + "/out"), &r).ok());
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(shm_dir + "/out");
+  req.set_warm(true);
+  v1::LoadVersionResponse resp;
+  absl::Status s = manager_->Load(req, nullptr, &resp);
+  fs::remove_all(shm_dir);  // the version holds its own copies
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_FALSE(resp.linked());
+  EXPECT_GT(resp.warm_seconds(), 0);
+  EXPECT_EQ(Read("k299"), "S:k299");
 }
 
 TEST_F(DatasetManagerTest, RetentionKeepsNBackupsAndDeletesOlderFiles) {
