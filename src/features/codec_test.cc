@@ -9,10 +9,13 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "features/test_values.h"
 #include "gtest/gtest.h"
 
 namespace kosh::features {
 namespace {
+
+using namespace test_values;  // NOLINT: value builders
 
 FeatureSpec Spec(const std::string& name, FeatureType type, uint32_t vector_length = 0) {
   FeatureSpec s;
@@ -22,47 +25,6 @@ FeatureSpec Spec(const std::string& name, FeatureType type, uint32_t vector_leng
   return s;
 }
 
-Value Bool(bool b) {
-  Value v;
-  v.set_bool_value(b);
-  return v;
-}
-Value I32(int32_t x) {
-  Value v;
-  v.set_int32_value(x);
-  return v;
-}
-Value I64(int64_t x) {
-  Value v;
-  v.set_int64_value(x);
-  return v;
-}
-Value F32(float x) {
-  Value v;
-  v.set_float32_value(x);
-  return v;
-}
-Value F64(double x) {
-  Value v;
-  v.set_float64_value(x);
-  return v;
-}
-Value Str(const std::string& s) {
-  Value v;
-  v.set_string_value(s);
-  return v;
-}
-Value Bytes(const std::string& s) {
-  Value v;
-  v.set_bytes_value(s);
-  return v;
-}
-Value Floats(std::vector<float> xs) {
-  Value v;
-  v.mutable_float_list();  // set the oneof even when empty
-  for (float x : xs) v.mutable_float_list()->add_values(x);
-  return v;
-}
 Value Ints(std::vector<int32_t> xs) {
   Value v;
   v.mutable_int32_list();

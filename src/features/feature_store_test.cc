@@ -12,11 +12,14 @@
 #include "base/metrics.h"
 #include "features/codec.h"
 #include "features/registry.h"
+#include "features/test_values.h"
 #include "gtest/gtest.h"
 #include "storage/engine.h"
 
 namespace kosh::features {
 namespace {
+
+using namespace test_values;  // NOLINT: value builders
 
 constexpr storage::Keyspace kRegistryKs = 0;
 constexpr storage::Keyspace kFeaturesKs = 1;
@@ -24,47 +27,6 @@ constexpr storage::Keyspace kFeaturesKs = 1;
 // ---------------------------------------------------------------------------------------------
 // Value and request builders
 
-Value Bool(bool b) {
-  Value v;
-  v.set_bool_value(b);
-  return v;
-}
-Value I32(int32_t x) {
-  Value v;
-  v.set_int32_value(x);
-  return v;
-}
-Value I64(int64_t x) {
-  Value v;
-  v.set_int64_value(x);
-  return v;
-}
-Value F32(float x) {
-  Value v;
-  v.set_float32_value(x);
-  return v;
-}
-Value F64(double x) {
-  Value v;
-  v.set_float64_value(x);
-  return v;
-}
-Value Str(const std::string& s) {
-  Value v;
-  v.set_string_value(s);
-  return v;
-}
-Value Bytes(const std::string& s) {
-  Value v;
-  v.set_bytes_value(s);
-  return v;
-}
-Value Floats(std::vector<float> xs) {
-  Value v;
-  v.mutable_float_list();
-  for (float x : xs) v.mutable_float_list()->add_values(x);
-  return v;
-}
 Value Ints(std::vector<int32_t> xs) {
   Value v;
   v.mutable_int32_list();
