@@ -245,6 +245,24 @@ const std::vector<int>& ColumnFields(const GroupInfo& g, uint32_t v, const std::
 
 }  // namespace
 
+absl::Status FeatureStore::ResolveRow(const GroupInfo& g, absl::string_view enc, int k, int64_t now,
+                                      std::string* scratch, v1::ValueStatus* status, RowView* view,
+                                      const Layout** layout) {
+  *status = v1::MISSING;
+  *layout = nullptr;
+  if (enc.empty()) return absl::OkStatus();
+  auto parsed = ParseRow(enc, scratch);
+  if (parsed.ok()) *layout = g.layout(parsed->version);
+  if (!parsed.ok() || *layout == nullptr || !CheckPayload(**layout, *parsed).ok()) {
+    corrupt_rows_->Inc();
+    return absl::DataLossError(
+        absl::StrCat("keys[", k, "]: the stored row of group \"", g.def.name(), "\" cannot be decoded"));
+  }
+  *view = *parsed;
+  *status = view->Expired(now) ? v1::EXPIRED : v1::PRESENT;
+  return absl::OkStatus();
+}
+
 absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::RetrieveResponse* resp) {
   Plan plan;
   RETURN_IF_ERROR(MakePlan(req, &plan));
@@ -281,20 +299,10 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
     for (int k = 0; k < nkeys; ++k) {
       auto* row = resp->mutable_rows(k);
       absl::string_view enc = gr.row(k);
-      v1::ValueStatus row_status = v1::MISSING;
+      v1::ValueStatus row_status;
       RowView view;
-      const Layout* layout = nullptr;
-      if (!enc.empty()) {
-        auto parsed = ParseRow(enc, &scratch);
-        if (parsed.ok()) layout = gr.group->layout(parsed->version);
-        if (!parsed.ok() || layout == nullptr || !CheckPayload(*layout, *parsed).ok()) {
-          corrupt_rows_->Inc();
-          return absl::DataLossError(absl::StrCat("keys[", k, "]: the stored row of group \"",
-                                                  gr.group->def.name(), "\" cannot be decoded"));
-        }
-        view = *parsed;
-        row_status = view.Expired(plan.now) ? v1::EXPIRED : v1::PRESENT;
-      }
+      const Layout* layout;
+      RETURN_IF_ERROR(ResolveRow(*gr.group, enc, k, plan.now, &scratch, &row_status, &view, &layout));
       const std::vector<int>* fields =
           row_status == v1::PRESENT ? &ColumnFields(*gr.group, view.version, specs, &gr.field_of_column)
                                     : nullptr;
@@ -372,20 +380,10 @@ absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
     for (int c : cols) specs.push_back(plan.columns[c].spec);
     for (int k = 0; k < nkeys; ++k) {
       absl::string_view enc = gr.row(k);
-      v1::ValueStatus row_status = v1::MISSING;
+      v1::ValueStatus row_status;
       RowView view;
-      const Layout* layout = nullptr;
-      if (!enc.empty()) {
-        auto parsed = ParseRow(enc, &scratch);
-        if (parsed.ok()) layout = gr.group->layout(parsed->version);
-        if (!parsed.ok() || layout == nullptr || !CheckPayload(*layout, *parsed).ok()) {
-          corrupt_rows_->Inc();
-          return absl::DataLossError(absl::StrCat("keys[", k, "]: the stored row of group \"",
-                                                  gr.group->def.name(), "\" cannot be decoded"));
-        }
-        view = *parsed;
-        row_status = view.Expired(plan.now) ? v1::EXPIRED : v1::PRESENT;
-      }
+      const Layout* layout;
+      RETURN_IF_ERROR(ResolveRow(*gr.group, enc, k, plan.now, &scratch, &row_status, &view, &layout));
       const std::vector<int>* fields =
           row_status == v1::PRESENT ? &ColumnFields(*gr.group, view.version, specs, &gr.field_of_column)
                                     : nullptr;

@@ -55,6 +55,10 @@ class FeatureStore {
  private:
   struct Plan;
   absl::Status MakePlan(const v1::RetrieveRequest& req, Plan* plan);
+  // Parses the encoded row `enc` of key index `k` (empty = absent): MISSING, EXPIRED or PRESENT
+  // with its view and the layout of its version. DATA_LOSS (counted) if it cannot be decoded.
+  absl::Status ResolveRow(const GroupInfo& g, absl::string_view enc, int k, int64_t now, std::string* scratch,
+                          v1::ValueStatus* status, RowView* view, const Layout** layout);
 
   storage::Engine* engine_;
   storage::Keyspace ks_;
