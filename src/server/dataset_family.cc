@@ -74,6 +74,7 @@ class DatasetFamily final : public Family {
     if (!options.ok()) return options.status();
     ASSIGN_OR_RETURN(manager_, datasets::DatasetManager::Open(std::move(*options), ctx.metrics));
     service_ = ctx.service;
+    ctx.shared->datasets = manager_.get();
     Service* s = ctx.service;
     datasets::DatasetManager* m = manager_.get();
     ids_.get = s->Register(TypedMethod<v1::DatasetGetRequest, v1::DatasetGetResponse>(

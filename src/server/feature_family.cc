@@ -93,7 +93,6 @@ class RegistryGrpc final : public v1::Registry::CallbackService {
 
 class FeatureFamily final : public Family {
  public:
-  explicit FeatureFamily(FeatureHandles* handles) : handles_(handles) {}
 
   std::vector<storage::KeyspaceOptions> Keyspaces() const override {
     return {{"registry", nullptr, nullptr}, {"features", features::FeatureStore::RowExpired, nullptr}};
@@ -171,7 +170,8 @@ class FeatureFamily final : public Family {
         }));
     feature_store_grpc_ = std::make_unique<FeatureStoreGrpc>(s, &ids_);
     registry_grpc_ = std::make_unique<RegistryGrpc>(s, &ids_);
-    if (handles_ != nullptr) *handles_ = {registry_.get(), store_.get()};
+    ctx.shared->feature_registry = registry_.get();
+    ctx.shared->feature_store = store_.get();
     return absl::OkStatus();
   }
 
@@ -180,7 +180,6 @@ class FeatureFamily final : public Family {
   }
 
  private:
-  FeatureHandles* handles_;
   std::unique_ptr<features::Registry> registry_;
   std::unique_ptr<features::FeatureStore> store_;
   Ids ids_{};
@@ -190,8 +189,8 @@ class FeatureFamily final : public Family {
 
 }  // namespace
 
-std::unique_ptr<Family> NewFeatureFamily(FeatureHandles* handles) {
-  return std::make_unique<FeatureFamily>(handles);
+std::unique_ptr<Family> NewFeatureFamily() {
+  return std::make_unique<FeatureFamily>();
 }
 
 }  // namespace kosh::server

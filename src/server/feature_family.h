@@ -7,22 +7,9 @@
 
 #include "server/service.h"
 
-namespace kosh::features {
-class Registry;
-class FeatureStore;
-}  // namespace kosh::features
-
 namespace kosh::server {
 
-// What the feature family shares with families started after it (flows read features through the
-// same store and validate against the same registry). Filled in by its Start; the pointees live as
-// long as the family.
-struct FeatureHandles {
-  features::Registry* registry = nullptr;
-  features::FeatureStore* store = nullptr;
-};
-
-// `handles`, when given, must outlive the family's Start.
-std::unique_ptr<Family> NewFeatureFamily(FeatureHandles* handles = nullptr);
+// Sets ctx.shared->feature_registry and feature_store when it starts.
+std::unique_ptr<Family> NewFeatureFamily();
 
 }  // namespace kosh::server

@@ -47,16 +47,15 @@ class FlowsGrpc final : public v1::Flows::CallbackService {
 
 class FlowFamily final : public Family {
  public:
-  explicit FlowFamily(std::shared_ptr<FeatureHandles> handles) : handles_(std::move(handles)) {}
-
   std::vector<storage::KeyspaceOptions> Keyspaces() const override { return {{"flows", nullptr, nullptr}}; }
 
   absl::Status Start(const FamilyContext& ctx) override {
-    if (handles_ == nullptr || handles_->registry == nullptr || handles_->store == nullptr) {
+    const Subsystems& shared = *ctx.shared;
+    if (shared.feature_registry == nullptr || shared.feature_store == nullptr) {
       return absl::FailedPreconditionError("flows: the feature family must start before the flows family");
     }
     ASSIGN_OR_RETURN(flows::FlowsOptions opts, flows::ParseFlowsOptions(ctx.options->flows));
-    ASSIGN_OR_RETURN(registry_, flows::FlowRegistry::Open(ctx.engine, ctx.keyspaces[0], handles_->registry, opts,
+    ASSIGN_OR_RETURN(registry_, flows::FlowRegistry::Open(ctx.engine, ctx.keyspaces[0], shared.feature_registry, opts,
                                                           ctx.metrics));
     for (const auto& path : opts.files) {
       ASSIGN_OR_RETURN(std::string text, base::ReadFile(path));
@@ -67,7 +66,7 @@ class FlowFamily final : public Family {
       spdlog::info("flow {}: model {} version {}{}", path, put->model_id(), put->version(),
                    put->created() ? "" : " (unchanged)");
     }
-    executor_ = std::make_unique<flows::Executor>(handles_->store, opts);
+    executor_ = std::make_unique<flows::Executor>(shared.feature_store, opts);
     Service* s = ctx.service;
     flows::FlowRegistry* reg = registry_.get();
     flows::Executor* exec = executor_.get();
@@ -92,13 +91,14 @@ class FlowFamily final : public Family {
           return exec->Run(*flow, req, resp);
         }));
     grpc_ = std::make_unique<FlowsGrpc>(s, &ids_);
+    ctx.shared->flow_registry = registry_.get();
+    ctx.shared->flow_executor = executor_.get();
     return absl::OkStatus();
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {grpc_.get()}; }
 
  private:
-  std::shared_ptr<FeatureHandles> handles_;
   std::unique_ptr<flows::FlowRegistry> registry_;
   std::unique_ptr<flows::Executor> executor_;
   Ids ids_{};
@@ -107,8 +107,8 @@ class FlowFamily final : public Family {
 
 }  // namespace
 
-std::unique_ptr<Family> NewFlowFamily(std::shared_ptr<FeatureHandles> handles) {
-  return std::make_unique<FlowFamily>(std::move(handles));
+std::unique_ptr<Family> NewFlowFamily() {
+  return std::make_unique<FlowFamily>();
 }
 
 }  // namespace kosh::server

@@ -206,6 +206,7 @@ class InteractionFamily final : public Family {
     pool_ = std::make_unique<WritePool>(opts.write_threads);
     ASSIGN_OR_RETURN(store_, interactions::InteractionStore::Open(ctx.engine, ctx.keyspaces[0], ctx.keyspaces[1],
                                                                   std::move(opts), slot_, ctx.metrics));
+    ctx.shared->interactions = store_.get();
     Service* s = ctx.service;
     interactions::InteractionStore* st = store_.get();
     ids_.register_type = s->Register(TypedMethod<v1::RegisterEventTypeRequest, v1::RegisterEventTypeResponse>(

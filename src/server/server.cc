@@ -22,11 +22,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::unique_ptr<Server> s(new Server());
   std::vector<std::unique_ptr<Family>> families;
-  auto feature_handles = std::make_shared<FeatureHandles>();
-  families.push_back(NewFeatureFamily(feature_handles.get()));
+  families.push_back(NewFeatureFamily());
   families.push_back(NewInteractionFamily());
   families.push_back(NewDatasetFamily());
-  families.push_back(NewFlowFamily(feature_handles));
+  families.push_back(NewFlowFamily());
   ASSIGN_OR_RETURN(s->service_, Service::Open(options, std::move(families)));
 
   grpc::ServerBuilder builder;

@@ -64,7 +64,7 @@ absl::StatusOr<std::unique_ptr<Service>> Service::Open(const ServerOptions& opti
   ASSIGN_OR_RETURN(s->engine_, storage::OpenRocksDb(options.storage, std::move(all)));
   s->families_ = std::move(families);
   for (size_t f = 0; f < s->families_.size(); ++f) {
-    FamilyContext ctx{&s->options_, s->engine_.get(), owned[f], &s->metrics_, s.get()};
+    FamilyContext ctx{&s->options_, s->engine_.get(), owned[f], &s->metrics_, s.get(), &s->shared_};
     RETURN_IF_ERROR(s->families_[f]->Start(ctx));
   }
 

@@ -25,6 +25,21 @@
 #include "server/options.h"
 #include "storage/engine.h"
 
+namespace kosh::features {
+class Registry;
+class FeatureStore;
+}  // namespace kosh::features
+namespace kosh::interactions {
+class InteractionStore;
+}  // namespace kosh::interactions
+namespace kosh::datasets {
+class DatasetManager;
+}  // namespace kosh::datasets
+namespace kosh::flows {
+class FlowRegistry;
+class Executor;
+}  // namespace kosh::flows
+
 namespace kosh::server {
 
 enum class Protocol : int { kGrpc, kHttp, kCount };
@@ -42,6 +57,20 @@ struct MethodDef {
 
 class Service;
 
+// What families share with the families started after them: flows read through the feature store,
+// the interaction store and datasets; pipelines run flows. Each family sets its own fields in
+// Start (families start in the order server.cc lists them); a field a family needs but finds null
+// means it was listed before its dependency. The pointees live until the Service is destroyed
+// (families are destroyed in reverse order of start).
+struct Subsystems {
+  features::Registry* feature_registry = nullptr;
+  features::FeatureStore* feature_store = nullptr;
+  interactions::InteractionStore* interactions = nullptr;
+  datasets::DatasetManager* datasets = nullptr;
+  flows::FlowRegistry* flow_registry = nullptr;
+  flows::Executor* flow_executor = nullptr;
+};
+
 // What a family gets when it starts.
 struct FamilyContext {
   const ServerOptions* options;
@@ -49,6 +78,7 @@ struct FamilyContext {
   std::vector<storage::Keyspace> keyspaces;  // the family's own, in the order it declared them
   base::MetricsRegistry* metrics;
   Service* service;
+  Subsystems* shared;
 };
 
 class Family {
@@ -107,6 +137,7 @@ class Service {
   ServerOptions options_;
   base::MetricsRegistry metrics_;
   std::unique_ptr<storage::Engine> engine_;
+  Subsystems shared_;
   std::vector<std::unique_ptr<Family>> families_;  // destroyed before engine_
   std::vector<std::unique_ptr<Method>> methods_;
   absl::flat_hash_map<std::string, int> http_paths_;
