@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "base/config.h"
 #include "base/metrics.h"
 #include "features/feature_store.h"
@@ -57,6 +58,8 @@ void Die(const absl::Status& s, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As in the server (server.cc): no lock-order tracking in Debian's debug-mode Abseil.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const int iterations = std::stoi(Arg(argc, argv, "--iterations", "20000"));
   const int rows = std::stoi(Arg(argc, argv, "--rows", "100"));
   const std::string engine_kind = Arg(argc, argv, "--engine", "memory");
@@ -129,7 +132,7 @@ int main(int argc, char** argv) {
   Die((*flows)->Put(put).status(), "put flow");
   auto flow = (*flows)->Find("ranker", 0);
   Die(flow.status(), "find flow");
-  kfl::Executor executor(&store, options);
+  kfl::Executor executor(kfl::Sources{&store}, options);
 
   std::mt19937_64 rng(42);
   std::vector<double> total_us, chain_us, overhead_us;

@@ -5,10 +5,13 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "gmock/gmock.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "harness.h"
+#include "kosh/v1/datasets.grpc.pb.h"
 #include "kosh/v1/flows.grpc.pb.h"
+#include "kosh/v1/interactions.grpc.pb.h"
 
 namespace kosh::e2e {
 namespace {
@@ -19,7 +22,8 @@ class FlowsE2E : public ::testing::Test {
     KoshServer::Options opts;
     opts.schema_files = {SourcePath("examples/schema.yaml")};
     opts.config_yaml = absl::StrCat("flows:\n  files: [", SourcePath("examples/flows/ranker.yaml"),
-                                    "]\n  enable_test_hooks: true\n");
+                                    "]\n  enable_test_hooks: true\n",
+                                    "interactions:\n  event_types:\n    - {name: click}\n    - {name: order}\n");
     server_ = new KoshServer(opts);
     auto started = server_->Start();
     ASSERT_TRUE(started) << started.message();
@@ -253,6 +257,136 @@ TEST_F(FlowsE2E, HotReloadUnderLoadFailsNoRequest) {
   v1::FlowRecord rec;
   ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::GetFlow, get, &rec).ok());
   EXPECT_TRUE(absl::StrContains(rec.config(), "bias: -1.2"));
+}
+
+
+// A flow that also reads the interaction store (the user's clicks: all of them, and per product)
+// and a dataset of recommendation lists (the score and rank of each product in the user's list),
+// and scores with them; then the same flow against a dataset that is not loaded: explicit partial.
+TEST_F(FlowsE2E, InteractionAndDatasetComponents) {
+  // Interactions: u1 clicked p1 twice and p2 once, ordered p3; an old click on p2 is outside 1h.
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch()).count();
+  auto istub = v1::Interactions::NewStub(server_->NewChannel());
+  v1::WriteRequest w;
+  auto add = [&](const std::string& user, const std::string& type, const std::string& item, int64_t ago_ms) {
+    auto* e = w.add_events();
+    e->set_user_id(user);
+    e->set_type(type);
+    e->set_item_id(item);
+    e->set_timestamp_ms(now - ago_ms);
+  };
+  add("u1", "click", "p1", 1000);
+  add("u1", "click", "p1", 2000);
+  add("u1", "click", "p2", 3000);
+  add("u1", "click", "p2", 2 * 3600 * 1000);
+  add("u1", "order", "p3", 4000);
+  add("u2", "click", "p1", 1000);
+  v1::WriteResponse wr;
+  auto st = Invoke(istub.get(), &v1::Interactions::Stub::Write, w, &wr);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+
+  // A recommendation-list dataset: u1 -> [p2 0.75, p9 0.5, p1 0.25].
+  TempDir dir("flows-ds");
+  ASSERT_TRUE(WriteFile(dir.File("recs.csv"), "u1,p2:0.75|p9:0.5|p1:0.25\nu2,p1:1\n"));
+  auto built = RunCommand({KoshBinary(), "dataset", "build", "--dataset", "user_recs", "--kind", "recs", "--output",
+                           dir.File("v1"), dir.File("recs.csv")});
+  ASSERT_TRUE(built.status.exited && built.status.code == 0) << built.err;
+  auto loaded = RunCommand({KoshBinary(), "dataset", "load", "--server", server_->grpc_target(), "--dataset",
+                            "user_recs", dir.File("v1")});
+  ASSERT_TRUE(loaded.status.exited && loaded.status.code == 0) << loaded.err;
+
+  const std::string flow = R"(
+model_id: blended
+inputs: {context: [user_id], target: product_id}
+components:
+  - {name: clicks, kind: interactions, user: user_id, types: [click], window: 1h, outputs: [count, target_count]}
+  - {name: all_events, kind: interactions, user: user_id}
+  - {name: recs, kind: dataset, dataset: user_recs, key: user_id, outputs: [target_score, target_rank]}
+  - name: score
+    kind: model
+    scorer: {type: linear, bias: 0, weights: {clicks.target_count: 1, recs.target_score: 4}}
+output: {sort_by: score}
+)";
+  auto stub = Stub();
+  v1::PutFlowRequest put;
+  put.set_config(flow);
+  v1::PutFlowResponse pr;
+  st = Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &pr);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  auto req = Request({"p1", "p2", "p3", "p4"}, "blended");
+  v1::InferResponse resp;
+  st = Invoke(stub.get(), &v1::Flows::Stub::Infer, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(resp.partial()) << resp.DebugString();
+  ASSERT_EQ(resp.rows_size(), 4);
+  int count = Col(resp, "clicks.count"), tc = Col(resp, "clicks.target_count");
+  int all = Col(resp, "all_events.count");
+  int ts = Col(resp, "recs.target_score"), tr = Col(resp, "recs.target_rank"), score = Col(resp, "score");
+  // A component is per row when any of its outputs is (target_count is): count then repeats per row.
+  EXPECT_FALSE(resp.columns(all).per_row());
+  EXPECT_TRUE(resp.columns(tc).per_row());
+  // p2: 1 click within the hour + 4 * 0.75 = 4; p1: 2 + 4 * 0.25 = 3; p3: 0; p4: 0.
+  EXPECT_EQ(resp.rows(0).target(), "p2");
+  EXPECT_EQ(resp.rows(1).target(), "p1");
+  for (const auto& row : resp.rows()) {
+    EXPECT_EQ(row.values(count).int64_value(), 3) << row.target();  // 3 clicks of u1 within 1h
+    EXPECT_EQ(row.values(all).int64_value(), 5) << row.target();    // every type, every retained event
+  }
+  const auto* p1 = Row(resp, "p1");
+  const auto* p2 = Row(resp, "p2");
+  const auto* p3 = Row(resp, "p3");
+  EXPECT_EQ(p1->values(tc).int64_value(), 2);
+  EXPECT_EQ(p2->values(tc).int64_value(), 1);
+  EXPECT_EQ(p3->values(tc).int64_value(), 0);
+  EXPECT_EQ(p3->statuses(tc), v1::PRESENT);  // a real zero: u1 has no click on p3
+  EXPECT_FLOAT_EQ(p2->values(ts).float32_value(), 0.75f);
+  EXPECT_EQ(p2->values(tr).int32_value(), 1);
+  EXPECT_EQ(p1->values(tr).int32_value(), 3);
+  EXPECT_EQ(p1->statuses(ts), v1::PRESENT);
+  EXPECT_EQ(p3->statuses(ts), v1::DEFAULT);  // not in u1's list
+  EXPECT_FLOAT_EQ(p2->values(score).float32_value(), 4.0f);
+  EXPECT_FLOAT_EQ(p1->values(score).float32_value(), 3.0f);
+
+  // A user with no list: MISSING, not a failure.
+  (*req.mutable_context())["user_id"] = "u404";
+  st = Invoke(stub.get(), &v1::Flows::Stub::Infer, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(resp.partial());
+  EXPECT_EQ(resp.rows(0).statuses(ts), v1::MISSING);
+  EXPECT_EQ(resp.rows(0).values(count).int64_value(), 0);
+
+  // The same flow on a dataset nobody loaded: the component fails explicitly, the rest serves.
+  std::string other = flow;
+  other.replace(other.find("model_id: blended"), 17, "model_id: blended2");
+  other.replace(other.find("dataset: user_recs"), 18, "dataset: not_loaded");
+  put.set_config(other);
+  st = Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &pr);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  st = Invoke(stub.get(), &v1::Flows::Stub::Infer, Request({"p1", "p2"}, "blended2"), &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(resp.partial());
+  ASSERT_EQ(resp.failed_components_size(), 1);
+  EXPECT_EQ(resp.failed_components(0), "recs");
+  ASSERT_GE(resp.components_size(), 1);
+  EXPECT_THAT(resp.components(0).error(), ::testing::HasSubstr("not_loaded"));
+  EXPECT_EQ(Row(resp, "p1")->values(Col(resp, "clicks.target_count")).int64_value(), 2);
+
+  // Invalid component configs name the component and field.
+  for (const auto& [cfg, want] : std::vector<std::pair<std::string, std::string>>{
+           {"{kind: interactions, user: nobody}", "unknown column \"nobody\""},
+           {"{kind: interactions, user: user_id, outputs: [sum]}", "outputs[0]: \"sum\" is not an interactions output"},
+           {"{kind: dataset, dataset: d, key: user_id}", "name either outputs"},
+           {"{kind: dataset, dataset: d, key: user_id, fields: [{name: x, type: float32_vector}]}", "fields[0].type"},
+       }) {
+    // cfg is a flow-style mapping without the name: "{kind: ...}" -> "{name: c, kind: ...}".
+    put.set_config("model_id: bad\ninputs: {context: [user_id], target: product_id}\ncomponents: [{name: c, " +
+                   cfg.substr(1) + "]\n");
+    st = Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &pr);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << cfg;
+    EXPECT_THAT(st.error_message(), ::testing::HasSubstr("components[0] (c)")) << cfg;
+    EXPECT_THAT(st.error_message(), ::testing::HasSubstr(want)) << cfg;
+  }
 }
 
 }  // namespace

@@ -9,7 +9,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "base/status.h"
+#include "datasets/dataset_manager.h"
 #include "features/codec.h"
+#include "interactions/interaction_store.h"
 
 namespace kosh::flows {
 
@@ -46,16 +48,18 @@ void ThreadPool::Work() {
   }
 }
 
-Executor::Executor(features::FeatureStore* store, const FlowsOptions& options)
-    : store_(store), options_(options), pool_(options.threads) {}
+Executor::Executor(Sources sources, const FlowsOptions& options)
+    : sources_(sources), options_(options), pool_(options.threads) {}
 
 namespace {
 
 using v1::ValueStatus;
 
 // Values of one column: one (broadcast) or one per row.
+// Values point into the fetch responses (kept alive by the Run), the flow's defaults, or the Run's
+// arena (inputs and computed columns): columns never copy a fetched value.
 struct ColData {
-  std::vector<v1::Value> values;
+  std::vector<const v1::Value*> values;
   std::vector<ValueStatus> statuses;
 };
 
@@ -114,13 +118,84 @@ void AppendFloats(const ColumnDef& c, const v1::Value& v, uint32_t width, google
   for (size_t i = added; i < width; ++i) out->Add(0.0f);
 }
 
-// One feature fetch dispatched to the pool. Shared with the worker so an abandoned (timed-out)
-// fetch can finish on its own after the request has returned.
+// Arena blocks for one fetch: a 100-key Retrieve response is a few hundred Value messages.
+google::protobuf::ArenaOptions FetchArenaOptions() {
+  google::protobuf::ArenaOptions o;
+  o.start_block_size = 16 << 10;
+  o.max_block_size = 256 << 10;
+  return o;
+}
+
+// One lookup of a component (features, interactions or a dataset), prepared on the request
+// thread, executed on a pool thread or inline, and applied on the request thread. Its messages live
+// on its own arena, so the request's columns can point at the fetched values instead of copying
+// them. Shared (shared_ptr) with the worker so an abandoned (timed-out) fetch can finish on its own
+// after the request has returned.
 struct FetchJob {
-  v1::RetrieveRequest req;
-  v1::RetrieveResponse resp;
+  FetchJob() : arena(FetchArenaOptions()) {}
+  virtual ~FetchJob() = default;
+  void Execute() {
+    if (delay_ms > 0) absl::SleepFor(absl::Milliseconds(delay_ms));
+    status = Do();
+  }
+  virtual absl::Status Do() = 0;
+  // Adds one distinct key (its parts) to the request.
+  virtual void AddKey(const std::vector<std::string>& parts) = 0;
+  template <typename M>
+  M* New() {
+    return google::protobuf::Arena::CreateMessage<M>(&arena);
+  }
+
+  google::protobuf::Arena arena;
+  std::vector<int> row_map;  // row -> key index, -1 when a key part is missing
+  int num_keys = 0;
   absl::Status status;
   int64_t delay_ms = 0;
+};
+
+struct FeatureFetch final : FetchJob {
+  explicit FeatureFetch(features::FeatureStore* s) : store(s), req(New<v1::RetrieveRequest>()),
+                                                     resp(New<v1::RetrieveResponse>()) {}
+  absl::Status Do() override { return store->Retrieve(*req, resp); }
+  void AddKey(const std::vector<std::string>& parts) override {
+    auto* k = req->add_keys();
+    for (const auto& p : parts) k->add_parts(p);
+  }
+  features::FeatureStore* store;
+  v1::RetrieveRequest* req;
+  v1::RetrieveResponse* resp;
+};
+
+struct InteractionFetch final : FetchJob {
+  explicit InteractionFetch(interactions::InteractionStore* s) : store(s) {}
+  absl::Status Do() override {
+    if (store == nullptr) return absl::FailedPreconditionError("this server has no interaction store");
+    if (count_req != nullptr) RETURN_IF_ERROR(store->Count(*count_req, count_resp));
+    if (window_req != nullptr) RETURN_IF_ERROR(store->Window(*window_req, window_resp));
+    return absl::OkStatus();
+  }
+  void AddKey(const std::vector<std::string>& parts) override {
+    if (count_req != nullptr) count_req->add_user_ids(parts[0]);
+    if (window_req != nullptr) window_req->add_user_ids(parts[0]);
+  }
+  interactions::InteractionStore* store;
+  v1::CountRequest* count_req = nullptr;  // when the component outputs `count`
+  v1::CountResponse* count_resp = nullptr;
+  v1::WindowRequest* window_req = nullptr;  // when it outputs `target_count`
+  v1::HistoriesResponse* window_resp = nullptr;
+};
+
+struct DatasetFetch final : FetchJob {
+  explicit DatasetFetch(datasets::DatasetManager* m) : manager(m), req(New<v1::DatasetMultiGetRequest>()),
+                                                       resp(New<v1::DatasetMultiGetResponse>()) {}
+  absl::Status Do() override {
+    if (manager == nullptr) return absl::FailedPreconditionError("this server serves no datasets");
+    return manager->MultiGet(*req, resp);
+  }
+  void AddKey(const std::vector<std::string>& parts) override { req->add_keys(parts[0]); }
+  datasets::DatasetManager* manager;
+  v1::DatasetMultiGetRequest* req;
+  v1::DatasetMultiGetResponse* resp;
 };
 
 struct StageSync {
@@ -140,42 +215,45 @@ struct Outcome {
 class Run {
  public:
   Run(const CompiledFlow& flow, const v1::InferRequest& req, size_t rows)
-      : f_(flow), req_(req), n_(rows), cols_(flow.columns.size()), outcomes_(flow.components.size()) {}
+      : arena_(FetchArenaOptions()), f_(flow), req_(req), n_(rows), cols_(flow.columns.size()),
+        outcomes_(flow.components.size()) {}
 
+  google::protobuf::Arena arena_;  // inputs and computed values
   const CompiledFlow& f_;
   const v1::InferRequest& req_;
   const size_t n_;
   std::vector<ColData> cols_;
   std::vector<Outcome> outcomes_;
+  std::vector<std::shared_ptr<FetchJob>> fetched_;  // owners of the values columns point at
 
   const v1::Value& V(int c, size_t r) const {
     const auto& d = cols_[c].values;
-    return d.size() == 1 ? d[0] : d[r];
+    return *(d.size() == 1 ? d[0] : d[r]);
   }
   ValueStatus S(int c, size_t r) const {
     const auto& d = cols_[c].statuses;
     return d.size() == 1 ? d[0] : d[r];
   }
   size_t Rows(const Component& c) const { return c.per_row ? n_ : 1; }
+  v1::Value* NewValue() { return google::protobuf::Arena::CreateMessage<v1::Value>(&arena_); }
 
   // Columns of a component that did not run (or whose results were discarded): defaults.
-  void FillDefaults(const Component& c) {
+  void FillDefaults(const Component& c, ValueStatus status = v1::DEFAULT) {
     for (int col : c.out_cols) {
       ColData& d = cols_[col];
-      d.values.assign(Rows(c), f_.columns[col].default_value);
-      d.statuses.assign(Rows(c), v1::DEFAULT);
+      d.values.assign(Rows(c), &f_.columns[col].default_value);
+      d.statuses.assign(Rows(c), status);
     }
   }
 
-  // Builds the de-duplicated key list of a fetch; row_map[r] is the key index of row r, or -1
+  // Fills the de-duplicated key list of a fetch; job->row_map[r] is the key index of row r, or -1
   // when a key part is missing (its source cell is missing or expired, or empty).
-  void BuildKeys(const Component& c, v1::RetrieveRequest* rr, std::vector<int>* row_map) {
-    rr->set_entity(c.entity);
-    for (const auto& ref : c.feature_refs) rr->add_features(ref);
+  void BuildKeys(const Component& c, FetchJob* job) {
     const size_t rows = Rows(c);
-    row_map->assign(rows, -1);
+    job->row_map.assign(rows, -1);
     absl::flat_hash_map<std::string, int> seen;
-    std::string key, part;
+    seen.reserve(rows);
+    std::string key;
     std::vector<std::string> parts(c.key_cols.size());
     for (size_t r = 0; r < rows; ++r) {
       key.clear();
@@ -185,60 +263,264 @@ class Run {
         ValueStatus st = S(col, r);
         ok = (st == v1::PRESENT || st == v1::DEFAULT) && KeyText(V(col, r), &parts[k]);
         // Length-prefixed so ("a|b", "c") and ("a", "b|c") differ.
-        absl::StrAppend(&key, parts[k].size(), ":", parts[k]);
+        if (c.key_cols.size() == 1) {
+          key = parts[k];
+        } else {
+          absl::StrAppend(&key, parts[k].size(), ":", parts[k]);
+        }
       }
       if (!ok) continue;
-      auto [it, inserted] = seen.try_emplace(key, rr->keys_size());
+      auto [it, inserted] = seen.try_emplace(key, job->num_keys);
       if (inserted) {
-        auto* ek = rr->add_keys();
-        for (auto& p : parts) ek->add_parts(p);
+        job->AddKey(parts);
+        ++job->num_keys;
       }
-      (*row_map)[r] = it->second;
+      job->row_map[r] = it->second;
     }
   }
 
-  // Moves a completed fetch's values into the component's columns.
-  absl::Status Scatter(const Component& c, v1::RetrieveResponse* resp, const std::vector<int>& row_map) {
-    if (resp->columns_size() != static_cast<int>(c.out_cols.size())) {
-      return absl::InternalError(absl::StrCat("the store returned ", resp->columns_size(), " columns, expected ",
+  // Prepares the fetch of a features, interactions or dataset component.
+  std::shared_ptr<FetchJob> Prepare(const Component& c, const Sources& src) {
+    std::shared_ptr<FetchJob> job;
+    switch (c.kind) {
+      case Component::Kind::kFeatures: {
+        auto f = std::make_shared<FeatureFetch>(src.features);
+        f->req->set_entity(c.entity);
+        for (const auto& ref : c.feature_refs) f->req->add_features(ref);
+        f->req->mutable_keys()->Reserve(static_cast<int>(Rows(c)));
+        job = f;
+        break;
+      }
+      case Component::Kind::kInteractions: {
+        auto f = std::make_shared<InteractionFetch>(src.interactions);
+        if (c.count_col >= 0) {
+          f->count_req = f->New<v1::CountRequest>();
+          f->count_resp = f->New<v1::CountResponse>();
+          for (const auto& t : c.event_types) f->count_req->add_types(t);
+          if (c.window_ms > 0) f->count_req->mutable_range()->set_within_ms(c.window_ms);
+        }
+        if (c.target_count_col >= 0) {
+          f->window_req = f->New<v1::WindowRequest>();
+          f->window_resp = f->New<v1::HistoriesResponse>();
+          for (const auto& t : c.event_types) f->window_req->add_types(t);
+          if (c.window_ms > 0) f->window_req->mutable_range()->set_within_ms(c.window_ms);
+        }
+        job = f;
+        break;
+      }
+      case Component::Kind::kDataset: {
+        auto f = std::make_shared<DatasetFetch>(src.datasets);
+        f->req->set_dataset(c.dataset);
+        job = f;
+        break;
+      }
+      default:
+        return nullptr;
+    }
+    BuildKeys(c, job.get());
+    return job;
+  }
+
+  // Applies a completed fetch to the component's columns.
+  absl::Status Apply(const Component& c, const FetchJob& job) {
+    switch (c.kind) {
+      case Component::Kind::kFeatures: return Scatter(c, static_cast<const FeatureFetch&>(job));
+      case Component::Kind::kInteractions: return ApplyInteractions(c, static_cast<const InteractionFetch&>(job));
+      case Component::Kind::kDataset: return ApplyDataset(c, static_cast<const DatasetFetch&>(job));
+      default: return absl::InternalError("not a fetch");
+    }
+  }
+
+  // Sizes the component's columns for its rows.
+  void Size(const Component& c) {
+    for (int col : c.out_cols) {
+      cols_[col].values.resize(Rows(c));
+      cols_[col].statuses.resize(Rows(c));
+    }
+  }
+  void SetCell(int col, size_t r, const v1::Value* v, ValueStatus st) {
+    cols_[col].values[r] = v;
+    cols_[col].statuses[r] = st;
+  }
+  const std::string& Target(size_t r) const { return V(f_.target_col, r).string_value(); }
+
+  absl::Status ApplyInteractions(const Component& c, const InteractionFetch& job) {
+    if (job.count_resp != nullptr && job.count_resp->users_size() != job.num_keys) {
+      return absl::InternalError("the interaction store answered for the wrong number of users");
+    }
+    if (job.window_resp != nullptr && job.window_resp->users_size() != job.num_keys) {
+      return absl::InternalError("the interaction store answered for the wrong number of users");
+    }
+    Size(c);
+    std::vector<const v1::Value*> counts(static_cast<size_t>(job.num_keys), nullptr);
+    // Per user: item id -> events, built on first use.
+    std::vector<std::optional<absl::flat_hash_map<absl::string_view, int64_t>>> items(static_cast<size_t>(job.num_keys));
+    for (size_t r = 0; r < job.row_map.size(); ++r) {
+      const int k = job.row_map[r];
+      if (k < 0) {
+        for (int col : c.out_cols) SetCell(col, r, &f_.columns[col].default_value, v1::MISSING);
+        continue;
+      }
+      if (c.count_col >= 0) {
+        if (counts[k] == nullptr) {
+          v1::Value* v = NewValue();
+          v->set_int64_value(static_cast<int64_t>(job.count_resp->users(k).total()));
+          counts[k] = v;
+        }
+        SetCell(c.count_col, r, counts[k], v1::PRESENT);
+      }
+      if (c.target_count_col >= 0) {
+        if (!items[k].has_value()) {
+          items[k].emplace();
+          for (const auto& h : job.window_resp->users(k).histories()) {
+            for (const auto& item : h.item_ids()) ++(*items[k])[item];
+          }
+        }
+        auto it = items[k]->find(Target(r));
+        v1::Value* v = NewValue();
+        v->set_int64_value(it == items[k]->end() ? 0 : it->second);
+        SetCell(c.target_count_col, r, v, v1::PRESENT);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ApplyDataset(const Component& c, const DatasetFetch& job) {
+    const v1::DatasetMultiGetResponse& resp = *job.resp;
+    if (resp.entries_size() != job.num_keys) {
+      return absl::InternalError("the dataset answered for the wrong number of keys");
+    }
+    const bool recs = c.target_score_col >= 0 || c.target_rank_col >= 0;
+    if (recs && resp.kind() != v1::DATASET_KIND_RECS) {
+      return absl::FailedPreconditionError(absl::StrCat("dataset \"", c.dataset, "\" (version ", resp.version(),
+                                                        ") is not a recommendation list; target_score and "
+                                                        "target_rank need one"));
+    }
+    // Records: the index of each declared field in this version's schema.
+    std::vector<int> field_index;
+    if (!recs) {
+      if (resp.kind() != v1::DATASET_KIND_RECORD) {
+        return absl::FailedPreconditionError(absl::StrCat("dataset \"", c.dataset, "\" (version ", resp.version(),
+                                                          ") does not hold typed records; fields need them"));
+      }
+      for (size_t j = 0; j < c.record_fields.size(); ++j) {
+        int found = -1;
+        for (int i = 0; i < resp.fields_size(); ++i) {
+          if (resp.fields(i).name() == c.record_fields[j]) found = i;
+        }
+        const ColumnDef& cd = f_.columns[c.out_cols[j]];
+        if (found < 0) {
+          return absl::FailedPreconditionError(absl::StrCat("dataset \"", c.dataset, "\" (version ", resp.version(),
+                                                            ") has no field \"", c.record_fields[j], "\""));
+        }
+        if (resp.fields(found).type() != cd.type) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "dataset \"", c.dataset, "\" (version ", resp.version(), ") field \"", c.record_fields[j], "\" is ",
+              features::TypeName(resp.fields(found).type()), "; the flow declares ", features::TypeName(cd.type)));
+        }
+        field_index.push_back(found);
+      }
+    }
+    Size(c);
+    // Per key: item id -> position in its list, built on first use.
+    std::vector<std::optional<absl::flat_hash_map<absl::string_view, int>>> pos(static_cast<size_t>(job.num_keys));
+    for (size_t r = 0; r < job.row_map.size(); ++r) {
+      const int k = job.row_map[r];
+      if (k < 0 || resp.entries(k).status() != v1::FOUND) {
+        for (int col : c.out_cols) SetCell(col, r, &f_.columns[col].default_value, v1::MISSING);
+        continue;
+      }
+      const v1::DatasetValue& value = resp.entries(k).value();
+      if (recs) {
+        const auto& list = value.recs().items();
+        if (!pos[k].has_value()) {
+          pos[k].emplace();
+          for (int i = list.size() - 1; i >= 0; --i) (*pos[k])[list[i].item_id()] = i;  // first occurrence wins
+        }
+        auto it = pos[k]->find(Target(r));
+        if (it == pos[k]->end()) {
+          for (int col : c.out_cols) SetCell(col, r, &f_.columns[col].default_value, v1::DEFAULT);
+          continue;
+        }
+        if (c.target_score_col >= 0) {
+          v1::Value* v = NewValue();
+          v->set_float32_value(list[it->second].score());
+          SetCell(c.target_score_col, r, v, v1::PRESENT);
+        }
+        if (c.target_rank_col >= 0) {
+          v1::Value* v = NewValue();
+          v->set_int32_value(it->second + 1);
+          SetCell(c.target_rank_col, r, v, v1::PRESENT);
+        }
+        continue;
+      }
+      const v1::DatasetRecord& rec = value.record();
+      for (size_t j = 0; j < field_index.size(); ++j) {
+        const int fi = field_index[j];
+        const int col = c.out_cols[j];
+        if (fi < rec.values_size() && fi < rec.present_size() && rec.present(fi)) {
+          SetCell(col, r, &rec.values(fi), v1::PRESENT);
+        } else {
+          SetCell(col, r, &f_.columns[col].default_value, v1::DEFAULT);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Points the component's columns at a completed fetch's values.
+  absl::Status Scatter(const Component& c, const FeatureFetch& job) {
+    const v1::RetrieveResponse& resp = *job.resp;
+    if (resp.columns_size() != static_cast<int>(c.out_cols.size())) {
+      return absl::InternalError(absl::StrCat("the store returned ", resp.columns_size(), " columns, expected ",
                                               c.out_cols.size()));
     }
     for (size_t j = 0; j < c.out_cols.size(); ++j) {
       const ColumnDef& cd = f_.columns[c.out_cols[j]];
-      if (resp->columns(static_cast<int>(j)).type() != cd.type) {
+      if (resp.columns(static_cast<int>(j)).type() != cd.type) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "column \"", cd.name, "\" is ", features::TypeName(resp->columns(static_cast<int>(j)).type()),
+            "column \"", cd.name, "\" is ", features::TypeName(resp.columns(static_cast<int>(j)).type()),
             " in the registry now but ", features::TypeName(cd.type), " when the flow was compiled; resubmit the flow"));
       }
     }
-    const size_t rows = row_map.size();
-    // A key used by one row only can give its values away; shared keys are copied.
-    std::vector<int> uses(static_cast<size_t>(resp->rows_size()), 0);
-    for (int k : row_map) {
-      if (k >= 0) ++uses[k];
+    for (const auto& row : resp.rows()) {
+      if (row.values_size() != static_cast<int>(c.out_cols.size()) ||
+          row.statuses_size() != static_cast<int>(c.out_cols.size())) {
+        return absl::InternalError("the store returned a row of the wrong width");
+      }
     }
+    if (resp.rows_size() != job.num_keys) {
+      return absl::InternalError(absl::StrCat("the store returned ", resp.rows_size(), " rows for ",
+                                              job.num_keys, " keys"));
+    }
+    const size_t rows = job.row_map.size();
     for (size_t j = 0; j < c.out_cols.size(); ++j) {
       ColData& d = cols_[c.out_cols[j]];
       d.values.resize(rows);
       d.statuses.resize(rows);
-      const ColumnDef& cd = f_.columns[c.out_cols[j]];
+      const v1::Value* def = &f_.columns[c.out_cols[j]].default_value;
+      const int jj = static_cast<int>(j);
       for (size_t r = 0; r < rows; ++r) {
-        int k = row_map[r];
+        int k = job.row_map[r];
         if (k < 0) {
-          d.values[r] = cd.default_value;
+          d.values[r] = def;
           d.statuses[r] = v1::MISSING;
           continue;
         }
-        auto* row = resp->mutable_rows(k);
-        if (uses[k] == 1) {
-          d.values[r].Swap(row->mutable_values(static_cast<int>(j)));
-        } else {
-          d.values[r] = row->values(static_cast<int>(j));
-        }
-        d.statuses[r] = static_cast<ValueStatus>(row->statuses(static_cast<int>(j)));
+        const auto& row = resp.rows(k);
+        d.values[r] = &row.values(jj);
+        d.statuses[r] = static_cast<ValueStatus>(row.statuses(jj));
       }
     }
     return absl::OkStatus();
+  }
+
+  // A float32 result column of `rows` cells.
+  void SetFloat(ColData* d, size_t r, double v, bool all_present) {
+    v1::Value* out = NewValue();
+    out->set_float32_value(std::isfinite(v) ? static_cast<float>(v) : 0.0f);
+    d->values[r] = out;
+    d->statuses[r] = all_present ? v1::PRESENT : v1::DEFAULT;
   }
 
   void RunDerived(const Component& c) {
@@ -253,9 +535,7 @@ class Run {
         in[i] = Number(V(c.expr_inputs[i], r));
         all_present &= S(c.expr_inputs[i], r) == v1::PRESENT;
       }
-      double v = c.expr->Evaluate(in);
-      d.values[r].set_float32_value(std::isfinite(v) ? static_cast<float>(v) : 0.0f);
-      d.statuses[r] = all_present ? v1::PRESENT : v1::DEFAULT;
+      SetFloat(&d, r, c.expr->Evaluate(in), all_present);
     }
   }
 
@@ -272,11 +552,15 @@ class Run {
         all_present &= S(col, r) == v1::PRESENT;
       }
       if (c.scorer.kind == Scorer::Kind::kLogistic) s = 1.0 / (1.0 + std::exp(-s));
-      d.values[r].set_float32_value(std::isfinite(s) ? static_cast<float>(s) : 0.0f);
-      d.statuses[r] = all_present ? v1::PRESENT : v1::DEFAULT;
+      SetFloat(&d, r, s, all_present);
     }
   }
 };
+
+bool IsFetch(const Component& c) {
+  return c.kind == Component::Kind::kFeatures || c.kind == Component::Kind::kInteractions ||
+         c.kind == Component::Kind::kDataset;
+}
 
 void Record(const Component& c, Outcome* o, absl::Duration took) {
   o->micros = absl::ToInt64Microseconds(took);
@@ -315,8 +599,9 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     if (it == req.context().end() || it->second.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("context: missing \"", name, "\""));
     }
-    run.cols_[col].values.resize(1);
-    run.cols_[col].values[0].set_string_value(it->second);
+    v1::Value* v = run.NewValue();
+    v->set_string_value(it->second);
+    run.cols_[col].values.assign(1, v);
     run.cols_[col].statuses.assign(1, v1::PRESENT);
   }
   {
@@ -326,7 +611,9 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     for (size_t r = 0; r < n; ++r) {
       const std::string& id = req.targets(static_cast<int>(r));
       if (id.empty()) return absl::InvalidArgumentError(absl::StrCat("targets[", r, "]: empty id"));
-      t.values[r].set_string_value(id);
+      v1::Value* v = run.NewValue();
+      v->set_string_value(id);
+      t.values[r] = v;
     }
   }
   for (const auto& [name, value] : req.request_features()) {
@@ -342,12 +629,11 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
   }
   for (int col : flow.request_cols) {
     auto it = req.request_features().find(flow.columns[col].name);
-    run.cols_[col].values.resize(1);
     if (it == req.request_features().end()) {
-      run.cols_[col].values[0] = flow.columns[col].default_value;
+      run.cols_[col].values.assign(1, &flow.columns[col].default_value);
       run.cols_[col].statuses.assign(1, v1::DEFAULT);
     } else {
-      run.cols_[col].values[0] = it->second;
+      run.cols_[col].values.assign(1, &it->second);
       run.cols_[col].statuses.assign(1, v1::PRESENT);
     }
   }
@@ -369,53 +655,63 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       }
       continue;
     }
-    // Dispatch the fetches first so they overlap with the inline work below.
+    // Fetches: all but the last go to the pool, the last runs on this thread (no hand-off, no
+    // wake-up), then the others are awaited, each until it completes or its own deadline passes.
+    // A fetch with a test delay always goes to the pool, so that its timeout can be observed.
     std::vector<int> fetches;
     for (int ci : stage) {
-      if (flow.components[ci].kind == Component::Kind::kFeatures) fetches.push_back(ci);
+      if (IsFetch(flow.components[ci])) fetches.push_back(ci);
     }
-    std::vector<std::shared_ptr<FetchJob>> jobs(fetches.size());
-    std::vector<std::vector<int>> row_maps(fetches.size());
+    const size_t nf = fetches.size();
+    std::vector<std::shared_ptr<FetchJob>> jobs(nf);
     auto sync = std::make_shared<StageSync>();
     {
       absl::MutexLock l(&sync->mu);
-      sync->done.assign(fetches.size(), false);
-      sync->finished.assign(fetches.size(), absl::InfinitePast());
+      sync->done.assign(nf, false);
+      sync->finished.assign(nf, absl::InfinitePast());
     }
-    std::vector<absl::Time> job_deadline(fetches.size());
-    for (size_t j = 0; j < fetches.size(); ++j) {
+    std::vector<absl::Time> job_deadline(nf);
+    int inline_job = -1;
+    for (size_t j = 0; j < nf; ++j) {
       const Component& c = flow.components[fetches[j]];
-      jobs[j] = std::make_shared<FetchJob>();
-      run.BuildKeys(c, &jobs[j]->req, &row_maps[j]);
-      run.outcomes_[fetches[j]].keys = static_cast<uint32_t>(jobs[j]->req.keys_size());
+      jobs[j] = run.Prepare(c, sources_);
+      run.outcomes_[fetches[j]].keys = static_cast<uint32_t>(jobs[j]->num_keys);
       jobs[j]->delay_ms = c.test_delay_ms;
-      job_deadline[j] = std::min(deadline, absl::Now() + absl::Milliseconds(c.timeout_ms));
-      if (jobs[j]->req.keys_size() == 0) {
+      job_deadline[j] = std::min(deadline, stage_start + absl::Milliseconds(c.timeout_ms));
+      if (jobs[j]->num_keys == 0) {
         // Nothing to look up (every key part missing): complete without a store call.
         absl::MutexLock l(&sync->mu);
         sync->done[j] = true;
         sync->finished[j] = absl::Now();
         continue;
       }
-      pool_.Schedule([job = jobs[j], sync, j, store = store_] {
-        if (job->delay_ms > 0) absl::SleepFor(absl::Milliseconds(job->delay_ms));
-        job->status = store->Retrieve(job->req, &job->resp);
+      if (j + 1 == nf && c.test_delay_ms == 0) {
+        inline_job = static_cast<int>(j);
+        continue;
+      }
+      pool_.Schedule([job = jobs[j], sync, j] {
+        job->Execute();
         absl::MutexLock l(&sync->mu);
         sync->done[j] = true;
         sync->finished[j] = absl::Now();
         sync->cv.SignalAll();
       });
     }
-    // Wait for each fetch until it completes or its own deadline passes.
-    std::vector<bool> completed(fetches.size(), false);
-    std::vector<absl::Time> finished(fetches.size());
+    if (inline_job >= 0) {
+      jobs[inline_job]->Execute();
+      absl::MutexLock l(&sync->mu);
+      sync->done[inline_job] = true;
+      sync->finished[inline_job] = absl::Now();
+    }
+    std::vector<bool> completed(nf, false);
+    std::vector<absl::Time> finished(nf);
     {
       absl::MutexLock l(&sync->mu);
       while (true) {
         absl::Time now = absl::Now();
         absl::Time next = absl::InfiniteFuture();
         bool waiting = false;
-        for (size_t j = 0; j < fetches.size(); ++j) {
+        for (size_t j = 0; j < nf; ++j) {
           if (sync->done[j] || now >= job_deadline[j]) continue;
           waiting = true;
           next = std::min(next, job_deadline[j]);
@@ -423,12 +719,12 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
         if (!waiting) break;
         sync->cv.WaitWithDeadline(&sync->mu, next);
       }
-      for (size_t j = 0; j < fetches.size(); ++j) {
+      for (size_t j = 0; j < nf; ++j) {
         completed[j] = sync->done[j] && sync->finished[j] <= job_deadline[j];
         finished[j] = sync->finished[j];
       }
     }
-    for (size_t j = 0; j < fetches.size(); ++j) {
+    for (size_t j = 0; j < nf; ++j) {
       const Component& c = flow.components[fetches[j]];
       Outcome& o = run.outcomes_[fetches[j]];
       if (!completed[j]) {
@@ -440,12 +736,12 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
         continue;
       }
       absl::Status st = jobs[j]->status;
-      if (st.ok() && jobs[j]->req.keys_size() > 0) st = run.Scatter(c, &jobs[j]->resp, row_maps[j]);
-      if (st.ok() && jobs[j]->req.keys_size() == 0) {
-        // Every key was missing: defaults with status MISSING.
-        for (int col : c.out_cols) {
-          run.cols_[col].values.assign(row_maps[j].size(), flow.columns[col].default_value);
-          run.cols_[col].statuses.assign(row_maps[j].size(), v1::MISSING);
+      if (st.ok()) {
+        if (jobs[j]->num_keys > 0) {
+          st = run.Apply(c, *jobs[j]);
+          run.fetched_.push_back(jobs[j]);
+        } else {
+          run.FillDefaults(c, v1::MISSING);  // every key was missing
         }
       }
       if (st.ok()) {
@@ -460,7 +756,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     // Derived columns and models: pure CPU over columns already computed, run inline.
     for (int ci : stage) {
       const Component& c = flow.components[ci];
-      if (c.kind == Component::Kind::kFeatures) continue;
+      if (IsFetch(c)) continue;
       absl::Time t0 = absl::Now();
       if (c.test_delay_ms > 0) absl::SleepFor(absl::Milliseconds(c.test_delay_ms));
       Outcome& o = run.outcomes_[ci];

@@ -17,6 +17,13 @@
 #include "flows/flow.h"
 #include "kosh/v1/flows.pb.h"
 
+namespace kosh::interactions {
+class InteractionStore;
+}  // namespace kosh::interactions
+namespace kosh::datasets {
+class DatasetManager;
+}  // namespace kosh::datasets
+
 namespace kosh::flows {
 
 // A fixed set of worker threads running queued closures in FIFO order. The destructor finishes
@@ -37,10 +44,18 @@ class ThreadPool {
   std::vector<std::thread> threads_;
 };
 
+// Where fetch components read. Null interactions/datasets: such components fail (explicitly, with
+// partial results) on a server without them.
+struct Sources {
+  features::FeatureStore* features = nullptr;
+  interactions::InteractionStore* interactions = nullptr;
+  datasets::DatasetManager* datasets = nullptr;
+};
+
 class Executor {
  public:
-  // `store` must outlive the executor.
-  Executor(features::FeatureStore* store, const FlowsOptions& options);
+  // The sources must outlive the executor.
+  Executor(Sources sources, const FlowsOptions& options);
 
   // Runs `flow` for `req` and fills `resp` (model_id, version, columns, rows, dense form, component
   // results, partial). INVALID_ARGUMENT naming the field for a bad request (missing context id,
@@ -49,7 +64,7 @@ class Executor {
   absl::Status Run(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp);
 
  private:
-  features::FeatureStore* store_;
+  Sources sources_;
   FlowsOptions options_;
   ThreadPool pool_;
 };

@@ -346,9 +346,124 @@ class Compiler {
         col.default_value.set_float32_value(0);
         c.out_cols.push_back(static_cast<int>(f_->columns.size()));
         RETURN_IF_ERROR(AddColumn(std::move(col), where));
+      } else if (kind == "interactions") {
+        RETURN_IF_ERROR(r.CheckKeys({"name", "kind", "user", "types", "window", "outputs", "timeout", "test_delay"}));
+        c.kind = Component::Kind::kInteractions;
+        std::string user;
+        RETURN_IF_ERROR(r.GetString("user", &user));
+        if (user.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ".user: required (the column holding the user id)"));
+        }
+        p.key_refs.push_back(user);
+        RETURN_IF_ERROR(GetStringList(cn, "types", where, &c.event_types));
+        RETURN_IF_ERROR(r.GetDurationMs("window", &c.window_ms));
+        if (c.window_ms < 0) return absl::InvalidArgumentError(absl::StrCat(where, ".window: must not be negative"));
+        std::vector<std::string> outputs;
+        RETURN_IF_ERROR(GetStringList(cn, "outputs", where, &outputs));
+        if (outputs.empty()) outputs.push_back("count");
+        for (size_t j = 0; j < outputs.size(); ++j) {
+          std::string ow = absl::StrCat(where, ".outputs[", j, "]");
+          int* slot = outputs[j] == "count" ? &c.count_col : outputs[j] == "target_count" ? &c.target_count_col : nullptr;
+          if (slot == nullptr) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(ow, ": \"", outputs[j], "\" is not an interactions output (known: count, target_count)"));
+          }
+          if (*slot >= 0) return absl::InvalidArgumentError(absl::StrCat(ow, ": \"", outputs[j], "\" named twice"));
+          *slot = static_cast<int>(f_->columns.size());
+          c.uses_target |= outputs[j] == "target_count";
+          ColumnDef col;
+          col.name = absl::StrCat(c.name, ".", outputs[j]);
+          col.type = v1::INT64;
+          col.component = ci;
+          col.default_value.set_int64_value(0);
+          c.out_cols.push_back(*slot);
+          RETURN_IF_ERROR(AddColumn(std::move(col), ow));
+        }
+      } else if (kind == "dataset") {
+        RETURN_IF_ERROR(r.CheckKeys({"name", "kind", "dataset", "key", "outputs", "fields", "timeout", "test_delay"}));
+        c.kind = Component::Kind::kDataset;
+        RETURN_IF_ERROR(r.GetString("dataset", &c.dataset));
+        if (c.dataset.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ".dataset: required"));
+        std::string key;
+        RETURN_IF_ERROR(r.GetString("key", &key));
+        if (key.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ".key: required (the column holding the dataset key)"));
+        }
+        p.key_refs.push_back(key);
+        std::vector<std::string> outputs;
+        RETURN_IF_ERROR(GetStringList(cn, "outputs", where, &outputs));
+        YAML::Node fields = cn["fields"];
+        const bool has_fields = fields.IsDefined() && !fields.IsNull();
+        if (outputs.empty() == !has_fields) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": name either outputs (recommendation lists: target_score, target_rank) or fields (typed "
+                     "records: [{name, type}])"));
+        }
+        for (size_t j = 0; j < outputs.size(); ++j) {
+          std::string ow = absl::StrCat(where, ".outputs[", j, "]");
+          bool score = outputs[j] == "target_score";
+          int* slot = score ? &c.target_score_col : outputs[j] == "target_rank" ? &c.target_rank_col : nullptr;
+          if (slot == nullptr) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                ow, ": \"", outputs[j], "\" is not a dataset output (known: target_score, target_rank)"));
+          }
+          if (*slot >= 0) return absl::InvalidArgumentError(absl::StrCat(ow, ": \"", outputs[j], "\" named twice"));
+          *slot = static_cast<int>(f_->columns.size());
+          c.uses_target = true;
+          ColumnDef col;
+          col.name = absl::StrCat(c.name, ".", outputs[j]);
+          col.type = score ? v1::FLOAT32 : v1::INT32;
+          col.component = ci;
+          if (score) {
+            col.default_value.set_float32_value(0);
+          } else {
+            col.default_value.set_int32_value(0);
+          }
+          c.out_cols.push_back(*slot);
+          RETURN_IF_ERROR(AddColumn(std::move(col), ow));
+        }
+        if (has_fields) {
+          if (!fields.IsSequence() || fields.size() == 0) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ".fields: expected a non-empty list of {name, type}"));
+          }
+          for (size_t j = 0; j < fields.size(); ++j) {
+            std::string fw = absl::StrCat(where, ".fields[", j, "]");
+            base::YamlReader fr(fields[j], fw);
+            RETURN_IF_ERROR(fr.CheckKeys({"name", "type", "default"}));
+            std::string fname, type;
+            RETURN_IF_ERROR(fr.GetString("name", &fname));
+            RETURN_IF_ERROR(fr.GetString("type", &type));
+            if (!features::IsValidName(fname)) {
+              return absl::InvalidArgumentError(absl::StrCat(fw, ".name: \"", fname, "\" is not a valid name"));
+            }
+            auto t = features::ParseTypeName(type);
+            if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(fw, ".type: ", t.status().message()));
+            if (IsVectorType(*t)) {
+              return absl::InvalidArgumentError(absl::StrCat(fw, ".type: flows take scalar dataset fields"));
+            }
+            v1::FeatureSpec spec;
+            spec.set_name(fname);
+            spec.set_type(*t);
+            ColumnDef col;
+            col.name = absl::StrCat(c.name, ".", fname);
+            col.type = *t;
+            col.component = ci;
+            if (fields[j]["default"].IsDefined()) {
+              auto d = features::ParseYamlValue(spec, fields[j]["default"]);
+              if (!d.ok()) return absl::InvalidArgumentError(absl::StrCat(fw, ".default: ", d.status().message()));
+              col.default_value = *d;
+            } else {
+              col.default_value = features::ZeroValue(spec);
+            }
+            c.record_fields.push_back(fname);
+            c.out_cols.push_back(static_cast<int>(f_->columns.size()));
+            RETURN_IF_ERROR(AddColumn(std::move(col), fw));
+          }
+        }
       } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ".kind: \"", kind, "\" is not a component kind (known: features, derived, model)"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ".kind: \"", kind,
+            "\" is not a component kind (known: features, interactions, dataset, derived, model)"));
       }
       RETURN_IF_ERROR(r.GetDurationMs("timeout", &c.timeout_ms));
       if (c.timeout_ms <= 0) return absl::InvalidArgumentError(absl::StrCat(where, ".timeout: must be positive"));
@@ -388,7 +503,9 @@ class Compiler {
       const Pending& p = pending_[ci];
       const int i = static_cast<int>(ci);
       for (size_t k = 0; k < p.key_refs.size(); ++k) {
-        std::string where = absl::StrCat(p.where, ".keys[", k, "]");
+        std::string where = c.kind == Component::Kind::kInteractions ? absl::StrCat(p.where, ".user")
+                            : c.kind == Component::Kind::kDataset    ? absl::StrCat(p.where, ".key")
+                                                                     : absl::StrCat(p.where, ".keys[", k, "]");
         ASSIGN_OR_RETURN(int col, Resolve(p.key_refs[k], i, where));
         const ColumnDef& cd = f_->columns[col];
         if (!IsKeyType(cd.type)) {
@@ -482,7 +599,7 @@ class Compiler {
     for (const auto& stage : f_->stages) {
       for (int ci : stage) {
         Component& c = f_->components[ci];
-        bool per_row = false;
+        bool per_row = c.uses_target;
         for (int col : c.key_cols) per_row |= f_->columns[col].per_row;
         for (int col : c.expr_inputs) per_row |= f_->columns[col].per_row;
         for (const auto& [col, w] : c.scorer.weights) per_row |= f_->columns[col].per_row;
@@ -535,7 +652,7 @@ class Compiler {
     p.set_model_id(f_->model_id);
     p.set_version(f_->version);
     p.set_deadline_ms(f_->deadline_ms);
-    static const char* kKinds[] = {"features", "derived", "model"};
+    static const char* kKinds[] = {"features", "derived", "model", "interactions", "dataset"};
     for (const auto& stage : f_->stages) {
       auto* ps = p.add_stages();
       for (int ci : stage) {
@@ -547,7 +664,7 @@ class Compiler {
         for (int col : c.out_cols) pc->add_columns(f_->columns[col].name);
         pc->set_per_row(c.per_row);
         pc->set_timeout_ms(c.timeout_ms);
-        pc->set_entity(c.entity);
+        pc->set_entity(c.kind == Component::Kind::kDataset ? c.dataset : c.entity);
         for (int col : c.key_cols) pc->add_keys(f_->columns[col].name);
       }
     }

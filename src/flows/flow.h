@@ -58,7 +58,7 @@ struct Scorer {
 };
 
 struct Component {
-  enum class Kind : uint8_t { kFeatures, kDerived, kModel };
+  enum class Kind : uint8_t { kFeatures, kDerived, kModel, kInteractions, kDataset };
   std::string name;
   Kind kind = Kind::kFeatures;
   int stage = 0;
@@ -71,6 +71,21 @@ struct Component {
   std::string entity;
   std::vector<int> key_cols;                // one per key column of the entity
   std::vector<std::string> feature_refs;    // "group.feature", parallel to out_cols
+  // kInteractions: events of `event_types` (empty = every type) of the user in key_cols[0] within
+  // the last `window_ms` (0 = every retained event). Outputs: "<name>.count" (INT64, all such
+  // events) and/or "<name>.target_count" (INT64 per row: those whose item_id is the row's target).
+  std::vector<std::string> event_types;
+  int64_t window_ms = 0;
+  int count_col = -1;
+  int target_count_col = -1;
+  // kDataset: a lookup of the key in key_cols[0] in dataset `dataset`. Recommendation lists give
+  // "<name>.target_score" (FLOAT32) and/or "<name>.target_rank" (INT32, 1-based) of the row's
+  // target in the list; typed records give the declared `record_fields` as "<name>.<field>".
+  std::string dataset;
+  int target_score_col = -1;
+  int target_rank_col = -1;
+  std::vector<std::string> record_fields;  // parallel to out_cols (records)
+  bool uses_target = false;                // outputs depend on the row's target: per row
   // kDerived
   std::optional<Expr> expr;
   std::vector<int> expr_inputs;             // columns, parallel to expr->columns()

@@ -112,7 +112,7 @@ class FlowTest : public ::testing::Test {
     Persist("user_category", "affinity", {{{"u1", "c1"}, {I32(5), F32(0.9f)}}}, {});
     options_.enable_test_hooks = true;
     flows_ = *FlowRegistry::Open(engine_.get(), 2, registry_.get(), options_, &metrics_);
-    executor_ = std::make_unique<Executor>(store_.get(), options_);
+    executor_ = std::make_unique<Executor>(Sources{store_.get()}, options_);
   }
 
   void Persist(const std::string& entity, const std::string& group,

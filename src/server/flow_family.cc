@@ -66,7 +66,8 @@ class FlowFamily final : public Family {
       spdlog::info("flow {}: model {} version {}{}", path, put->model_id(), put->version(),
                    put->created() ? "" : " (unchanged)");
     }
-    executor_ = std::make_unique<flows::Executor>(shared.feature_store, opts);
+    executor_ = std::make_unique<flows::Executor>(
+        flows::Sources{shared.feature_store, shared.interactions, shared.datasets}, opts);
     Service* s = ctx.service;
     flows::FlowRegistry* reg = registry_.get();
     flows::Executor* exec = executor_.get();
