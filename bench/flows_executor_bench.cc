@@ -3,8 +3,9 @@
 //   flows_executor_bench [--iterations N] [--rows N] [--engine memory|rocksdb] [--dir PATH]
 //
 // Loads examples/schema.yaml and examples/flows/ranker.yaml (from the source tree), writes 1000
-// users, 10000 products in 50 categories and every (user, category) affinity into a FeatureStore
-// (in-memory engine by default; --engine rocksdb uses a fresh RocksDB under --dir), then runs
+// users, 10000 products in 50 categories, every (user, category) affinity and 0-19 recent clicks per
+// user into a FeatureStore and an InteractionStore (in-memory engine by default; --engine rocksdb
+// uses a fresh RocksDB under --dir), then runs
 // Executor::Run for a random user and `rows` random products, `iterations` times after a warm-up,
 // on one thread. Reports p50/p99 of the Infer time, of the critical chain of lookups (sum over
 // stages of the slowest component, from the executor's own timings) and of their difference, the
@@ -27,6 +28,7 @@
 #include "features/schema_yaml.h"
 #include "flows/executor.h"
 #include "flows/flow_registry.h"
+#include "interactions/interaction_store.h"
 #include "storage/engine.h"
 
 namespace v1 = kosh::v1;
@@ -65,9 +67,17 @@ int main(int argc, char** argv) {
   const std::string engine_kind = Arg(argc, argv, "--engine", "memory");
   const int users = 1000, products = 10000, categories = 50;
 
-  std::vector<kosh::storage::KeyspaceOptions> ks = {{"registry", nullptr, nullptr},
-                                                    {"features", nullptr, nullptr},
-                                                    {"flows", nullptr, nullptr}};
+  auto slot = std::make_shared<kosh::interactions::TypeTableSlot>();
+  kosh::interactions::InteractionOptions iopts;
+  iopts.event_types.emplace_back().set_name("click");
+  iopts.event_type_sources.push_back("flows_executor_bench");
+  std::vector<kosh::storage::KeyspaceOptions> ks = {
+      {"registry", nullptr, nullptr},
+      {"features", nullptr, nullptr},
+      {"flows", nullptr, nullptr},
+      {"interaction_types", nullptr, nullptr},
+      {"interactions", kosh::interactions::HistoryExpired,
+       kosh::interactions::HistoryMergeFn(slot, kosh::interactions::SystemNowMs, iopts.types.max_cap)}};
   std::unique_ptr<kosh::storage::Engine> engine;
   std::string dir;
   if (engine_kind == "rocksdb") {
@@ -82,6 +92,8 @@ int main(int argc, char** argv) {
     engine = kosh::storage::NewMemoryEngine(ks);
   }
   kosh::base::MetricsRegistry metrics;
+  auto interactions = kosh::interactions::InteractionStore::Open(engine.get(), 3, 4, iopts, slot, &metrics);
+  Die(interactions.status(), "interactions");
   auto registry = kf::Registry::Open(engine.get(), 0);
   Die(registry.status(), "registry");
   auto schema_text = kosh::base::ReadFile(std::string(KOSH_SOURCE_DIR) + "/examples/schema.yaml");
@@ -122,6 +134,26 @@ int main(int argc, char** argv) {
     r->add_values()->set_float32_value(static_cast<float>(i % 97) / 97.0f);
   }, users * categories);
 
+  // Every user clicked 0-19 products within the last hour (the flow counts them).
+  {
+    const int64_t now = kosh::interactions::SystemNowMs();
+    v1::WriteRequest w;
+    for (int u = 0; u < users; ++u) {
+      for (int k = 0; k < u % 20; ++k) {
+        auto* e = w.add_events();
+        e->set_user_id(absl::StrCat("u", u));
+        e->set_type("click");
+        e->set_item_id(absl::StrCat("p", (u * 7 + k) % products));
+        e->set_timestamp_ms(now - 1000 * (k + 1));
+      }
+      if (w.events_size() > 500 || u + 1 == users) {
+        v1::WriteResponse wr;
+        Die((*interactions)->Write(w, &wr), "write interactions");
+        w.clear_events();
+      }
+    }
+  }
+
   kfl::FlowsOptions options;
   auto flows = kfl::FlowRegistry::Open(engine.get(), 2, registry->get(), options, &metrics);
   Die(flows.status(), "flows");
@@ -132,7 +164,7 @@ int main(int argc, char** argv) {
   Die((*flows)->Put(put).status(), "put flow");
   auto flow = (*flows)->Find("ranker", 0);
   Die(flow.status(), "find flow");
-  kfl::Executor executor(kfl::Sources{&store}, options);
+  kfl::Executor executor(kfl::Sources{&store, interactions->get()}, options);
 
   std::mt19937_64 rng(42);
   std::vector<double> total_us, chain_us, overhead_us;

@@ -14,10 +14,12 @@
 // Per iteration (random user, `rows` random products), interleaved so both variants see the same
 // machine state:
 //   flow:        one Infer (ranker: user features; product features; product.category_id ->
-//                user_category; derived log price; logistic score; sort), return_timings on.
-//   client_seq:  the same lookups as sequential Retrieve calls, one per lookup: the user, each
-//                product, then each distinct (user, category); the score computed client-side.
-//   client_batch: the same as three sequential batched Retrieve calls (user; all products; all
+//                user_category; the user's clicks in the last hour; derived log price; logistic
+//                score; sort), return_timings on.
+//   client_seq:  the same lookups as sequential calls, one per lookup: the user, the user's click
+//                count (Interactions.Count), each product, then each distinct (user, category);
+//                the score computed client-side.
+//   client_batch: the same as four sequential batched calls (user; click count; all products; all
 //                distinct (user, category) keys), for reference.
 // Executor overhead per Infer = total_micros - sum over stages of the slowest component of the
 // stage (the critical chain of lookups), from the server's own timings.
@@ -35,6 +37,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kosh/v1/feature_store.grpc.pb.h"
 #include "kosh/v1/flows.grpc.pb.h"
+#include "kosh/v1/interactions.grpc.pb.h"
 
 namespace v1 = kosh::v1;
 using Clock = std::chrono::steady_clock;
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
   auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   auto fs = v1::FeatureStore::NewStub(ch);
   auto flows = v1::Flows::NewStub(ch);
+  auto inter = v1::Interactions::NewStub(ch);
   std::mt19937_64 rng(42);
 
   if (load) {
@@ -124,6 +128,25 @@ int main(int argc, char** argv) {
       }
     }
     if (a.rows_size() > 0 && !persist(a)) return 1;
+    // Every user clicked 0-19 products within the last hour (the flow's recent_clicks counts them).
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch()).count();
+    v1::WriteRequest w;
+    for (int i = 0; i < users; ++i) {
+      for (int k = 0; k < i % 20; ++k) {
+        auto* e = w.add_events();
+        e->set_user_id("u" + std::to_string(i));
+        e->set_type("click");
+        e->set_item_id("p" + std::to_string((i * 7 + k) % products));
+        e->set_timestamp_ms(now - 1000 * (k + 1));
+      }
+      if (w.events_size() > 500 || i + 1 == users) {
+        grpc::ClientContext ctx;
+        v1::WriteResponse wr;
+        if (!Check(inter->Write(&ctx, w, &wr), "write interactions")) return 1;
+        w.clear_events();
+      }
+    }
   }
 
   std::vector<double> flow_ms, seq_ms, batch_ms, overhead_us, chain_us;
@@ -177,10 +200,23 @@ int main(int argc, char** argv) {
     const std::vector<std::string> ufeats = {"user_profile.age", "user_profile.is_premium", "user_profile.orders_30d"};
     const std::vector<std::string> pfeats = {"product_stats.price", "product_stats.ctr_7d", "product_stats.category_id"};
     const std::vector<std::string> afeats = {"affinity.clicks_30d", "affinity.score"};
+    auto clicks = [&](uint64_t* out) {
+      v1::CountRequest req;
+      req.add_user_ids(user);
+      req.add_types("click");
+      req.mutable_range()->set_within_ms(3600 * 1000);
+      v1::CountResponse resp;
+      grpc::ClientContext ctx;
+      if (!Check(inter->Count(&ctx, req, &resp), "count")) return false;
+      *out = resp.users(0).total();
+      return true;
+    };
     {
       auto t0 = Clock::now();
       v1::RetrieveResponse ur;
       if (!retrieve("user", {{user}}, ufeats, &ur)) return 1;
+      uint64_t recent = 0;
+      if (!clicks(&recent)) return 1;
       std::vector<std::string> cat(rows);
       std::vector<float> price(rows), ctr(rows);
       for (int i = 0; i < rows; ++i) {
@@ -201,7 +237,7 @@ int main(int argc, char** argv) {
       for (int i = 0; i < rows; ++i) {
         auto a = aff[cat[i]];
         double s = -1.0 + 2.0 * a.second + 0.05 * a.first + 10.0 * ctr[i] - 0.1 * std::log1p(price[i]) +
-                   0.3 * (ur.rows(0).values(1).bool_value() ? 1 : 0);
+                   0.3 * (ur.rows(0).values(1).bool_value() ? 1 : 0) + 0.02 * static_cast<double>(recent);
         scored.emplace_back(1.0 / (1.0 + std::exp(-s)), i);
       }
       std::sort(scored.rbegin(), scored.rend());
@@ -212,6 +248,8 @@ int main(int argc, char** argv) {
       auto t0 = Clock::now();
       v1::RetrieveResponse ur, pr, ar;
       if (!retrieve("user", {{user}}, ufeats, &ur)) return 1;
+      uint64_t recent = 0;
+      if (!clicks(&recent)) return 1;
       std::vector<std::vector<std::string>> pkeys;
       for (auto& id : prods) pkeys.push_back({id});
       if (!retrieve("product", pkeys, pfeats, &pr)) return 1;
@@ -233,7 +271,7 @@ int main(int argc, char** argv) {
               iters, rows);
   std::printf("flow (one Infer)            %7.3f  %7.3f  %8.3f\n", fp50, fp99, fp999);
   std::printf("client, call per lookup     %7.3f  %7.3f  %8.3f\n", sp50, sp99, sp999);
-  std::printf("client, 3 batched calls     %7.3f  %7.3f  %8.3f\n", bp50, bp99, bp999);
+  std::printf("client, 4 batched calls     %7.3f  %7.3f  %8.3f\n", bp50, bp99, bp999);
   std::printf("executor overhead us        p50 %.0f  p99 %.0f   (critical chain of lookups p50 %.0f us)\n", ov50, ov99,
               ch50);
   std::printf("partial flow responses: %d\n", partial);

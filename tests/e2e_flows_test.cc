@@ -101,7 +101,7 @@ TEST_F(FlowsE2E, MultiHopBroadcastAndMissingOverGrpc) {
     }
   }
   EXPECT_EQ(resp.rows(0).target(), "p1");  // the higher affinity and more clicks
-  EXPECT_EQ(resp.components_size(), 5);
+  EXPECT_EQ(resp.components_size(), 6);  // user, product, user_category, recent_clicks, log_price, score
   // Per-component metrics are always in /metrics.
   auto m = server_->Get("/metrics");
   EXPECT_TRUE(absl::StrContains(m.body, "kosh_flow_component_seconds_count{model=\"ranker\",component=\"user_category\"}"))
