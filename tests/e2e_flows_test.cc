@@ -108,6 +108,49 @@ TEST_F(FlowsE2E, MultiHopBroadcastAndMissingOverGrpc) {
       << m.body.substr(0, 2000);
 }
 
+// Rank returns the same order and scores as Infer's matrix, over both protocols; a flow that does
+// not sort cannot rank.
+TEST_F(FlowsE2E, RankMatchesInferAndNeedsASortColumn) {
+  auto stub = Stub();
+  auto ireq = Request({"p1", "p2", "p3", "p404"});
+  v1::InferResponse inferred;
+  ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::Infer, ireq, &inferred).ok());
+  v1::RankRequest req;
+  req.set_model_id("ranker");
+  (*req.mutable_context())["user_id"] = "u1";
+  for (const char* t : {"p1", "p2", "p3", "p404"}) req.add_targets(t);
+  v1::RankResponse ranked;
+  auto st = Invoke(stub.get(), &v1::Flows::Stub::Rank, req, &ranked);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(ranked.score_column(), "score");
+  ASSERT_EQ(ranked.ranked_size(), inferred.rows_size());
+  int score = Col(inferred, "score");
+  for (int i = 0; i < ranked.ranked_size(); ++i) {
+    EXPECT_EQ(ranked.ranked(i).target(), inferred.rows(i).target());
+    EXPECT_FLOAT_EQ(static_cast<float>(ranked.ranked(i).score()), inferred.rows(i).values(score).float32_value());
+    if (i > 0) {
+      EXPECT_LE(ranked.ranked(i).score(), ranked.ranked(i - 1).score());
+    }
+  }
+  auto h = server_->Post("/v1/flows/rank", R"({"model_id":"ranker","context":{"user_id":"u1"},"targets":["p2","p1"],"top_k":1})");
+  ASSERT_EQ(h.status, 200) << h.body;
+  v1::RankResponse hr;
+  ASSERT_TRUE(ParseJson(h.body, &hr));
+  ASSERT_EQ(hr.ranked_size(), 1);
+  EXPECT_EQ(hr.ranked(0).target(), "p1");  // as in MultiHopBroadcastAndMissingOverGrpc
+
+  v1::PutFlowRequest put;
+  put.set_config("model_id: unsorted\ninputs: {context: [user_id], target: product_id}\n"
+                 "components: [{name: p, kind: features, entity: product, keys: [product_id], "
+                 "features: [product_stats.price]}]\n");
+  v1::PutFlowResponse pr;
+  ASSERT_TRUE(Invoke(stub.get(), &v1::Flows::Stub::PutFlow, put, &pr).ok());
+  req.set_model_id("unsorted");
+  st = Invoke(stub.get(), &v1::Flows::Stub::Rank, req, &ranked);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(st.error_message(), ::testing::HasSubstr("no output.sort_by"));
+}
+
 TEST_F(FlowsE2E, HttpInferDryRunAndDense) {
   auto r = server_->Post("/v1/flows/infer",
                          R"({"model_id":"ranker","context":{"user_id":"u1"},"targets":["p2","p1"],"dense":true})");

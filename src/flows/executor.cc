@@ -857,4 +857,43 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
   return absl::OkStatus();
 }
 
+absl::Status Executor::Rank(const CompiledFlow& flow, const v1::RankRequest& req, v1::RankResponse* resp) {
+  if (flow.sort_col < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("model_id: flow \"", flow.model_id, "\" version ",
+                                                      flow.version, " has no output.sort_by; Rank needs a score"));
+  }
+  google::protobuf::Arena arena(FetchArenaOptions());
+  auto* ireq = google::protobuf::Arena::CreateMessage<v1::InferRequest>(&arena);
+  auto* iresp = google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena);
+  ireq->set_model_id(req.model_id());
+  ireq->set_version(req.version());
+  *ireq->mutable_context() = req.context();
+  *ireq->mutable_targets() = req.targets();
+  *ireq->mutable_request_features() = req.request_features();
+  ireq->set_top_k(req.top_k());
+  ireq->set_deadline_ms(req.deadline_ms());
+  ireq->set_return_timings(req.return_timings());
+  RETURN_IF_ERROR(Run(flow, *ireq, iresp));
+  const std::string& score_name = flow.columns[flow.sort_col].name;
+  int score = -1;
+  for (int i = 0; i < iresp->columns_size(); ++i) {
+    if (iresp->columns(i).name() == score_name) score = i;
+  }
+  if (score < 0) return absl::InternalError(absl::StrCat("the matrix has no column \"", score_name, "\""));
+  resp->set_model_id(iresp->model_id());
+  resp->set_version(iresp->version());
+  resp->set_score_column(score_name);
+  resp->mutable_ranked()->Reserve(iresp->rows_size());
+  for (const auto& row : iresp->rows()) {
+    auto* r = resp->add_ranked();
+    r->set_target(row.target());
+    r->set_score(Number(row.values(score)));
+  }
+  resp->set_partial(iresp->partial());
+  *resp->mutable_failed_components() = iresp->failed_components();
+  *resp->mutable_components() = iresp->components();
+  resp->set_total_micros(iresp->total_micros());
+  return absl::OkStatus();
+}
+
 }  // namespace kosh::flows

@@ -63,6 +63,10 @@ class Executor {
   // A failing component is not an error of the call: the response is partial and says so.
   absl::Status Run(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp);
 
+  // Runs `flow` and returns its targets ranked by the flow's output.sort_by column (with top_k).
+  // FAILED_PRECONDITION if the flow does not sort; otherwise the errors of Run.
+  absl::Status Rank(const CompiledFlow& flow, const v1::RankRequest& req, v1::RankResponse* resp);
+
  private:
   Sources sources_;
   FlowsOptions options_;

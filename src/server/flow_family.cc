@@ -13,7 +13,7 @@ namespace kosh::server {
 namespace {
 
 struct Ids {
-  int put, get, list, infer;
+  int put, get, list, infer, rank;
 };
 
 // A 100-row matrix is over a thousand Value messages: start with larger arena blocks.
@@ -37,6 +37,10 @@ class FlowsGrpc final : public v1::Flows::CallbackService {
   grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* ctx, const v1::InferRequest* req,
                                   v1::InferResponse* resp) override {
     return RunUnary(svc_, ids_->infer, ctx, req, resp);
+  }
+  grpc::ServerUnaryReactor* Rank(grpc::CallbackServerContext* ctx, const v1::RankRequest* req,
+                                 v1::RankResponse* resp) override {
+    return RunUnary(svc_, ids_->rank, ctx, req, resp);
   }
 
  private:
@@ -90,6 +94,11 @@ class FlowFamily final : public Family {
         "Infer", "/v1/flows/infer", Scope::kRead, [reg, exec](const auto& req, auto* resp) {
           ASSIGN_OR_RETURN(auto flow, reg->Find(req.model_id(), req.version()));
           return exec->Run(*flow, req, resp);
+        }));
+    ids_.rank = s->Register(TypedMethod<v1::RankRequest, v1::RankResponse>(
+        "Rank", "/v1/flows/rank", Scope::kRead, [reg, exec](const auto& req, auto* resp) {
+          ASSIGN_OR_RETURN(auto flow, reg->Find(req.model_id(), req.version()));
+          return exec->Rank(*flow, req, resp);
         }));
     grpc_ = std::make_unique<FlowsGrpc>(s, &ids_);
     ctx.shared->flow_registry = registry_.get();
