@@ -432,5 +432,108 @@ output: {sort_by: score}
   }
 }
 
+// A model server the test starts itself: kosh_v2_test_server with a linear model, its ports read
+// from its port file.
+class V2Server {
+ public:
+  explicit V2Server(std::vector<std::string> flags) : dir_("v2") {
+    std::vector<std::string> argv = {KOSH_V2_TEST_SERVER, "--port-file", dir_.File("ports.json")};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    std::string err;
+    ok_ = child_.Spawn(argv, dir_.File("out.log"), dir_.File("err.log"), &err);
+    for (int i = 0; ok_ && i < 200 && grpc_port_ == 0; ++i) {
+      std::string ports = ReadFile(dir_.File("ports.json"));
+      size_t g = ports.find("\"grpc\": "), h = ports.find("\"http\": ");
+      if (g != std::string::npos && h != std::string::npos) {
+        grpc_port_ = std::atoi(ports.c_str() + g + 8);
+        http_port_ = std::atoi(ports.c_str() + h + 8);
+      } else {
+        std::this_thread::sleep_for(Millis(25));
+      }
+    }
+  }
+  bool ok() const { return ok_ && grpc_port_ != 0; }
+  std::string grpc() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  std::string http() const { return "127.0.0.1:" + std::to_string(http_port_); }
+
+ private:
+  TempDir dir_;
+  Child child_;
+  bool ok_ = false;
+  int grpc_port_ = 0, http_port_ = 0;
+};
+
+// Model components calling an external KServe v2 server over gRPC and over HTTP (batched), a
+// server too slow for the component's timeout (explicit TIMEOUT, defaults), and a bad endpoint.
+TEST_F(FlowsE2E, KServeModelCallsOverGrpcAndHttp) {
+  // score = 0.5 + 2 * price + 10 * ctr_7d
+  V2Server model({"--model", "ctr", "--weights", "2,10", "--bias", "0.5"});
+  V2Server slow({"--model", "ctr", "--weights", "2,10", "--delay-ms", "300"});
+  ASSERT_TRUE(model.ok());
+  ASSERT_TRUE(slow.ok());
+  auto flow = [](const std::string& id, const std::string& endpoints, const std::string& timeout) {
+    return "model_id: " + id + R"(
+inputs: {context: [user_id], target: product_id}
+components:
+  - {name: product, kind: features, entity: product, keys: [product_id], features: [product_stats.price, product_stats.ctr_7d]}
+  - name: ctr
+    kind: model
+    inputs: [product.product_stats.price, product.product_stats.ctr_7d]
+    timeout: )" + timeout + R"(
+    kserve: {name: ctr, batch_size: 2, endpoints: )" + endpoints + R"(}
+output: {sort_by: ctr}
+)";
+  };
+  auto stub = Stub();
+  auto put = [&](const std::string& cfg) {
+    v1::PutFlowRequest req;
+    req.set_config(cfg);
+    v1::PutFlowResponse resp;
+    return Invoke(stub.get(), &v1::Flows::Stub::PutFlow, req, &resp);
+  };
+  ASSERT_TRUE(put(flow("kserve_grpc", "[{address: " + model.grpc() + ", protocol: grpc}]", "2s")).ok());
+  ASSERT_TRUE(put(flow("kserve_http", "[{address: " + model.http() + ", protocol: http}]", "2s")).ok());
+  ASSERT_TRUE(put(flow("kserve_slow", "[{address: " + slow.grpc() + "}]", "50ms")).ok());
+  for (const char* id : {"kserve_grpc", "kserve_http"}) {
+    SCOPED_TRACE(id);
+    v1::InferResponse resp;
+    auto st = Invoke(stub.get(), &v1::Flows::Stub::Infer, Request({"p1", "p2", "p3", "p404"}, id), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_FALSE(resp.partial()) << resp.DebugString();
+    ASSERT_EQ(resp.rows_size(), 4);
+    int price = Col(resp, "product.product_stats.price"), ctr = Col(resp, "product.product_stats.ctr_7d");
+    int score = Col(resp, "ctr");
+    for (const auto& row : resp.rows()) {
+      double want = 0.5 + 2.0 * row.values(price).float32_value() + 10.0 * row.values(ctr).float32_value();
+      EXPECT_NEAR(row.values(score).float32_value(), want, 1e-3 * std::max(1.0, std::abs(want))) << row.target();
+    }
+    // p404 has no product row: its inputs are defaults, so the score is computed but not PRESENT.
+    EXPECT_EQ(Row(resp, "p404")->statuses(score), v1::DEFAULT);
+    EXPECT_EQ(Row(resp, "p1")->statuses(score), v1::PRESENT);
+  }
+  // Too slow: the component times out at its 50 ms, its column holds defaults, the request answers.
+  v1::InferResponse resp;
+  auto t0 = std::chrono::steady_clock::now();
+  auto st = Invoke(stub.get(), &v1::Flows::Stub::Infer, Request({"p1", "p2"}, "kserve_slow"), &resp);
+  auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_LT(took, std::chrono::milliseconds(250));
+  EXPECT_TRUE(resp.partial());
+  ASSERT_EQ(resp.failed_components_size(), 1);
+  EXPECT_EQ(resp.failed_components(0), "ctr");
+  EXPECT_EQ(resp.columns(Col(resp, "ctr")).status(), v1::COMPONENT_TIMEOUT);
+  EXPECT_EQ(resp.rows(0).statuses(Col(resp, "ctr")), v1::DEFAULT);
+  // Invalid model configs name the field.
+  auto bad = put(flow("kserve_bad", "[{address: nohost}]", "2s"));
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad.error_message(), ::testing::HasSubstr("components[1] (ctr).kserve.endpoints[0].address"));
+  std::string no_inputs = flow("kserve_bad", "[{address: " + model.grpc() + "}]", "2s");
+  no_inputs.replace(no_inputs.find("    inputs: ["), no_inputs.find("\n", no_inputs.find("    inputs: [")) -
+                                                          no_inputs.find("    inputs: [") + 1, "");
+  bad = put(no_inputs);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad.error_message(), ::testing::HasSubstr("components[1] (ctr).inputs"));
+}
+
 }  // namespace
 }  // namespace kosh::e2e

@@ -96,27 +96,35 @@ bool KindMatches(v1::FeatureType t, const v1::Value& v) {
   }
 }
 
-// Appends the dense float32 form of a value (width floats).
-void AppendFloats(const ColumnDef& c, const v1::Value& v, uint32_t width, google::protobuf::RepeatedField<float>* out) {
-  size_t before = static_cast<size_t>(out->size());
+// Appends the dense float32 form of a value: exactly `width` floats (vectors truncated or padded
+// with zeros). `out` is a RepeatedField<float> or a std::vector<float>.
+template <typename Floats>
+void AppendFloats(const v1::Value& v, uint32_t width, Floats* out) {
+  uint32_t added = 0;
+  auto add = [&](float f) {
+    if (added++ < width) out->Add(f);
+  };
   switch (v.kind_case()) {
     case v1::Value::kFloatList:
-      for (float f : v.float_list().values()) out->Add(f);
+      for (float f : v.float_list().values()) add(f);
       break;
     case v1::Value::kInt32List:
-      for (int32_t x : v.int32_list().values()) out->Add(static_cast<float>(x));
+      for (int32_t x : v.int32_list().values()) add(static_cast<float>(x));
       break;
     case v1::Value::kInt64List:
-      for (int64_t x : v.int64_list().values()) out->Add(static_cast<float>(x));
+      for (int64_t x : v.int64_list().values()) add(static_cast<float>(x));
       break;
     default:
-      out->Add(static_cast<float>(Number(v)));
+      add(static_cast<float>(Number(v)));
   }
-  (void)c;
-  size_t added = static_cast<size_t>(out->size()) - before;
-  if (added > width) out->Truncate(static_cast<int>(before + width));
-  for (size_t i = added; i < width; ++i) out->Add(0.0f);
+  for (; added < width; ++added) out->Add(0.0f);
 }
+
+// std::vector with RepeatedField's Add, for AppendFloats.
+struct FloatVec {
+  std::vector<float> v;
+  void Add(float f) { v.push_back(f); }
+};
 
 // Arena blocks for one fetch: a 100-key Retrieve response is a few hundred Value messages.
 google::protobuf::ArenaOptions FetchArenaOptions() {
@@ -151,6 +159,7 @@ struct FetchJob {
   int num_keys = 0;
   absl::Status status;
   int64_t delay_ms = 0;
+  absl::Time deadline = absl::InfiniteFuture();  // of this fetch: min(request deadline, its timeout)
 };
 
 struct FeatureFetch final : FetchJob {
@@ -196,6 +205,20 @@ struct DatasetFetch final : FetchJob {
   datasets::DatasetManager* manager;
   v1::DatasetMultiGetRequest* req;
   v1::DatasetMultiGetResponse* resp;
+};
+
+// A call to an external model server: the dense rows of the component's inputs -> one score each.
+struct ModelFetch final : FetchJob {
+  explicit ModelFetch(std::shared_ptr<const ModelClient> c) : client(std::move(c)) {}
+  absl::Status Do() override {
+    ASSIGN_OR_RETURN(scores, client->Score(data.v.data(), static_cast<size_t>(num_keys), width, deadline));
+    return absl::OkStatus();
+  }
+  void AddKey(const std::vector<std::string>&) override {}
+  std::shared_ptr<const ModelClient> client;
+  FloatVec data;
+  size_t width = 0;
+  std::vector<float> scores;
 };
 
 struct StageSync {
@@ -314,6 +337,23 @@ class Run {
         job = f;
         break;
       }
+      case Component::Kind::kModel: {
+        // Every row is one input row of the model (no keys to de-duplicate).
+        auto f = std::make_shared<ModelFetch>(c.model_client);
+        const size_t rows = Rows(c);
+        f->width = c.model_width;
+        f->data.v.reserve(rows * c.model_width);
+        f->row_map.resize(rows);
+        for (size_t r = 0; r < rows; ++r) {
+          for (int col : c.model_inputs) {
+            const ColumnDef& cd = f_.columns[col];
+            AppendFloats(V(col, r), features::IsVectorType(cd.type) ? cd.vector_length : 1, &f->data);
+          }
+          f->row_map[r] = static_cast<int>(r);
+        }
+        f->num_keys = static_cast<int>(rows);
+        return f;
+      }
       default:
         return nullptr;
     }
@@ -327,6 +367,7 @@ class Run {
       case Component::Kind::kFeatures: return Scatter(c, static_cast<const FeatureFetch&>(job));
       case Component::Kind::kInteractions: return ApplyInteractions(c, static_cast<const InteractionFetch&>(job));
       case Component::Kind::kDataset: return ApplyDataset(c, static_cast<const DatasetFetch&>(job));
+      case Component::Kind::kModel: return ApplyModel(c, static_cast<const ModelFetch&>(job));
       default: return absl::InternalError("not a fetch");
     }
   }
@@ -381,6 +422,21 @@ class Run {
         v->set_int64_value(it == items[k]->end() ? 0 : it->second);
         SetCell(c.target_count_col, r, v, v1::PRESENT);
       }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ApplyModel(const Component& c, const ModelFetch& job) {
+    if (job.scores.size() != job.row_map.size()) {
+      return absl::InternalError(absl::StrCat("the model server returned ", job.scores.size(), " scores for ",
+                                              job.row_map.size(), " rows"));
+    }
+    Size(c);
+    ColData& d = cols_[c.out_cols[0]];
+    for (size_t r = 0; r < job.row_map.size(); ++r) {
+      bool all_present = true;
+      for (int col : c.model_inputs) all_present &= S(col, r) == v1::PRESENT;
+      SetFloat(&d, r, job.scores[r], all_present);
     }
     return absl::OkStatus();
   }
@@ -559,7 +615,7 @@ class Run {
 
 bool IsFetch(const Component& c) {
   return c.kind == Component::Kind::kFeatures || c.kind == Component::Kind::kInteractions ||
-         c.kind == Component::Kind::kDataset;
+         c.kind == Component::Kind::kDataset || c.model_client != nullptr;
 }
 
 void Record(const Component& c, Outcome* o, absl::Duration took) {
@@ -678,6 +734,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       run.outcomes_[fetches[j]].keys = static_cast<uint32_t>(jobs[j]->num_keys);
       jobs[j]->delay_ms = c.test_delay_ms;
       job_deadline[j] = std::min(deadline, stage_start + absl::Milliseconds(c.timeout_ms));
+      jobs[j]->deadline = job_deadline[j];
       if (jobs[j]->num_keys == 0) {
         // Nothing to look up (every key part missing): complete without a store call.
         absl::MutexLock l(&sync->mu);
@@ -747,7 +804,8 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       if (st.ok()) {
         o.status = v1::COMPONENT_OK;
       } else {
-        o.status = v1::COMPONENT_FAILED;
+        // A source that gave up at the deadline it was handed (a model server call) timed out.
+        o.status = st.code() == absl::StatusCode::kDeadlineExceeded ? v1::COMPONENT_TIMEOUT : v1::COMPONENT_FAILED;
         o.error = std::string(st.message());
         run.FillDefaults(c);
       }
@@ -833,7 +891,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       row->add_statuses(run.S(col, r));
     }
     for (size_t d = 0; d < dense_cols.size(); ++d) {
-      AppendFloats(flow.columns[dense_cols[d]], run.V(dense_cols[d], r), dense_width[d], resp->mutable_dense());
+      AppendFloats(run.V(dense_cols[d], r), dense_width[d], resp->mutable_dense());
     }
   }
   for (size_t ci = 0; ci < flow.components.size(); ++ci) {

@@ -100,8 +100,9 @@ namespace {
 
 class Compiler {
  public:
-  Compiler(const features::Snapshot& snap, const FlowsOptions& options, CompiledFlow* flow)
-      : snap_(snap), options_(options), f_(flow) {}
+  Compiler(const features::Snapshot& snap, const FlowsOptions& options, base::MetricsRegistry* metrics,
+           CompiledFlow* flow)
+      : snap_(snap), options_(options), metrics_(metrics), f_(flow) {}
 
   absl::Status Run(const YAML::Node& root) {
     base::YamlReader r(root, "");
@@ -211,7 +212,8 @@ class Compiler {
   struct Pending {
     std::string where;                   // "components[2] (user_category)"
     std::vector<std::string> key_refs;   // kFeatures
-    std::vector<std::pair<std::string, double>> weight_refs;  // kModel
+    std::vector<std::pair<std::string, double>> weight_refs;  // kModel (scorer)
+    std::vector<std::string> input_refs;                      // kModel (kserve)
   };
 
   absl::Status ParseComponents(const YAML::Node& node) {
@@ -313,39 +315,32 @@ class Compiler {
         c.out_cols.push_back(static_cast<int>(f_->columns.size()));
         RETURN_IF_ERROR(AddColumn(std::move(col), where));
       } else if (kind == "model") {
-        RETURN_IF_ERROR(r.CheckKeys({"name", "kind", "scorer", "timeout", "test_delay"}));
+        RETURN_IF_ERROR(r.CheckKeys({"name", "kind", "scorer", "kserve", "inputs", "timeout", "test_delay"}));
         c.kind = Component::Kind::kModel;
-        ASSIGN_OR_RETURN(base::YamlReader sr, r.Child("scorer"));
-        RETURN_IF_ERROR(sr.CheckKeys({"type", "bias", "weights"}));
-        std::string type;
-        RETURN_IF_ERROR(sr.GetString("type", &type));
-        if (type == "linear") {
-          c.scorer.kind = Scorer::Kind::kLinear;
-        } else if (type == "logistic") {
-          c.scorer.kind = Scorer::Kind::kLogistic;
+        const bool has_scorer = cn["scorer"].IsDefined(), has_kserve = cn["kserve"].IsDefined();
+        if (has_scorer == has_kserve) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": a model has either a scorer (built-in linear/logistic) or kserve (an external model server)"));
+        }
+        if (has_kserve) {
+          RETURN_IF_ERROR(GetStringList(cn, "inputs", where, &p.input_refs));
+          if (p.input_refs.empty()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(where, ".inputs: name the columns sent to the model server, in order"));
+          }
+          ASSIGN_OR_RETURN(ModelCallOptions mo, ParseModelCallOptions(cn["kserve"], absl::StrCat(where, ".kserve")));
+          ASSIGN_OR_RETURN(auto client, ModelClient::Create(std::move(mo), metrics_));
+          c.model_client = std::move(client);
+          ColumnDef col;
+          col.name = c.name;
+          col.type = v1::FLOAT32;
+          col.component = ci;
+          col.default_value.set_float32_value(0);
+          c.out_cols.push_back(static_cast<int>(f_->columns.size()));
+          RETURN_IF_ERROR(AddColumn(std::move(col), where));
         } else {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, ".scorer.type: \"", type, "\" is not a scorer (known: linear, logistic)"));
+          RETURN_IF_ERROR(ParseScorer(cn, r, where, ci, &c, &p));
         }
-        RETURN_IF_ERROR(sr.GetDouble("bias", &c.scorer.bias));
-        YAML::Node w = cn["scorer"]["weights"];
-        if (!w.IsDefined() || !w.IsMap() || w.size() == 0) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ".scorer.weights: required mapping of column -> weight"));
-        }
-        base::YamlReader wr(w, absl::StrCat(where, ".scorer.weights"));
-        for (const auto& kv : w) {
-          std::string col = kv.first.as<std::string>();
-          double weight = 0;
-          RETURN_IF_ERROR(wr.GetDouble(col, &weight));
-          p.weight_refs.emplace_back(col, weight);
-        }
-        ColumnDef col;
-        col.name = c.name;
-        col.type = v1::FLOAT32;
-        col.component = ci;
-        col.default_value.set_float32_value(0);
-        c.out_cols.push_back(static_cast<int>(f_->columns.size()));
-        RETURN_IF_ERROR(AddColumn(std::move(col), where));
       } else if (kind == "interactions") {
         RETURN_IF_ERROR(r.CheckKeys({"name", "kind", "user", "types", "window", "outputs", "timeout", "test_delay"}));
         c.kind = Component::Kind::kInteractions;
@@ -478,6 +473,49 @@ class Compiler {
     return absl::OkStatus();
   }
 
+  // The built-in scorer of a model component.
+  absl::Status ParseScorer(const YAML::Node& cn, base::YamlReader& r, const std::string& where, int ci, Component* cp,
+                           Pending* pp) {
+    Component& c = *cp;
+    Pending& p = *pp;
+    if (cn["inputs"].IsDefined()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".inputs: only kserve models take inputs (a scorer "
+                                                            "names its columns in its weights)"));
+    }
+    ASSIGN_OR_RETURN(base::YamlReader sr, r.Child("scorer"));
+    RETURN_IF_ERROR(sr.CheckKeys({"type", "bias", "weights"}));
+    std::string type;
+    RETURN_IF_ERROR(sr.GetString("type", &type));
+    if (type == "linear") {
+      c.scorer.kind = Scorer::Kind::kLinear;
+    } else if (type == "logistic") {
+      c.scorer.kind = Scorer::Kind::kLogistic;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".scorer.type: \"", type, "\" is not a scorer (known: linear, logistic)"));
+    }
+    RETURN_IF_ERROR(sr.GetDouble("bias", &c.scorer.bias));
+    YAML::Node w = cn["scorer"]["weights"];
+    if (!w.IsDefined() || !w.IsMap() || w.size() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".scorer.weights: required mapping of column -> weight"));
+    }
+    base::YamlReader wr(w, absl::StrCat(where, ".scorer.weights"));
+    for (const auto& kv : w) {
+      std::string col = kv.first.as<std::string>();
+      double weight = 0;
+      RETURN_IF_ERROR(wr.GetDouble(col, &weight));
+      p.weight_refs.emplace_back(col, weight);
+    }
+    ColumnDef col;
+    col.name = c.name;
+    col.type = v1::FLOAT32;
+    col.component = ci;
+    col.default_value.set_float32_value(0);
+    c.out_cols.push_back(static_cast<int>(f_->columns.size()));
+    RETURN_IF_ERROR(AddColumn(std::move(col), where));
+    return absl::OkStatus();
+  }
+
   // Resolves a column reference; records the dependency on its producer.
   absl::StatusOr<int> Resolve(const std::string& name, int ci, const std::string& where) {
     auto it = f_->column_index.find(name);
@@ -525,6 +563,17 @@ class Compiler {
           }
           c.expr_inputs.push_back(col);
         }
+      }
+      for (size_t k = 0; k < p.input_refs.size(); ++k) {
+        std::string where = absl::StrCat(p.where, ".inputs[", k, "]");
+        ASSIGN_OR_RETURN(int col, Resolve(p.input_refs[k], i, where));
+        const ColumnDef& cd = f_->columns[col];
+        if (!IsNumeric(cd.type)) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": column \"", cd.name, "\" is ", TypeName(cd.type),
+                                                         "; model inputs must be numeric (vectors are flattened)"));
+        }
+        c.model_inputs.push_back(col);
+        c.model_width += IsVectorType(cd.type) ? cd.vector_length : 1;
       }
       for (const auto& [name, w] : p.weight_refs) {
         std::string where = absl::StrCat(p.where, ".scorer.weights.", name);
@@ -603,6 +652,7 @@ class Compiler {
         for (int col : c.key_cols) per_row |= f_->columns[col].per_row;
         for (int col : c.expr_inputs) per_row |= f_->columns[col].per_row;
         for (const auto& [col, w] : c.scorer.weights) per_row |= f_->columns[col].per_row;
+        for (int col : c.model_inputs) per_row |= f_->columns[col].per_row;
         c.per_row = per_row;
         for (int col : c.out_cols) f_->columns[col].per_row = per_row;
       }
@@ -659,7 +709,7 @@ class Compiler {
         const Component& c = f_->components[ci];
         auto* pc = ps->add_components();
         pc->set_name(c.name);
-        pc->set_kind(kKinds[static_cast<int>(c.kind)]);
+        pc->set_kind(c.model_client != nullptr ? "kserve" : kKinds[static_cast<int>(c.kind)]);
         for (int d : c.deps) pc->add_depends_on(f_->components[d].name);
         for (int col : c.out_cols) pc->add_columns(f_->columns[col].name);
         pc->set_per_row(c.per_row);
@@ -672,6 +722,7 @@ class Compiler {
 
   const features::Snapshot& snap_;
   const FlowsOptions& options_;
+  base::MetricsRegistry* metrics_;
   CompiledFlow* f_;
   std::vector<Pending> pending_;
 };
@@ -690,7 +741,7 @@ absl::StatusOr<std::shared_ptr<const CompiledFlow>> CompileFlow(absl::string_vie
   auto flow = std::make_shared<CompiledFlow>();
   flow->version = version;
   try {
-    RETURN_IF_ERROR(Compiler(snap, options, flow.get()).Run(root));
+    RETURN_IF_ERROR(Compiler(snap, options, metrics, flow.get()).Run(root));
   } catch (const YAML::Exception& e) {
     // yaml-cpp throws on conversions of malformed nodes (e.g. a mapping key that is a list).
     return absl::InvalidArgumentError(absl::StrCat("config: line ", e.mark.line + 1, ": ", e.msg));

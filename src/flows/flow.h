@@ -18,6 +18,7 @@
 #include "base/metrics.h"
 #include "features/registry.h"
 #include "flows/expr.h"
+#include "flows/model_client.h"
 #include "kosh/v1/flows.pb.h"
 #include "yaml-cpp/yaml.h"
 
@@ -89,8 +90,12 @@ struct Component {
   // kDerived
   std::optional<Expr> expr;
   std::vector<int> expr_inputs;             // columns, parallel to expr->columns()
-  // kModel
+  // kModel: the built-in scorer, or (model_client set) an external KServe v2 model server scoring
+  // the dense float32 rows of `model_inputs` (vectors flattened; model_width floats per row).
   Scorer scorer;
+  std::shared_ptr<const ModelClient> model_client;
+  std::vector<int> model_inputs;
+  uint32_t model_width = 0;
   // Metrics (owned by the metrics registry; null without one).
   base::Histogram* latency = nullptr;
   base::Counter* results[5] = {nullptr, nullptr, nullptr, nullptr, nullptr};  // by ComponentStatus
