@@ -310,6 +310,9 @@ class Run {
         auto f = std::make_shared<FeatureFetch>(src.features);
         f->req->set_entity(c.entity);
         for (const auto& ref : c.feature_refs) f->req->add_features(ref);
+        for (int m : c.merged) {
+          for (const auto& ref : f_.components[m].feature_refs) f->req->add_features(ref);
+        }
         f->req->mutable_keys()->Reserve(static_cast<int>(Rows(c)));
         job = f;
         break;
@@ -525,14 +528,22 @@ class Run {
   }
 
   // Points the component's columns at a completed fetch's values.
+  // The columns a feature fetch fills: its own, then those of the components merged into it.
+  std::vector<int> FetchedColumns(const Component& c) const {
+    std::vector<int> cols = c.out_cols;
+    for (int m : c.merged) cols.insert(cols.end(), f_.components[m].out_cols.begin(), f_.components[m].out_cols.end());
+    return cols;
+  }
+
   absl::Status Scatter(const Component& c, const FeatureFetch& job) {
     const v1::RetrieveResponse& resp = *job.resp;
-    if (resp.columns_size() != static_cast<int>(c.out_cols.size())) {
+    const std::vector<int> out_cols = FetchedColumns(c);
+    if (resp.columns_size() != static_cast<int>(out_cols.size())) {
       return absl::InternalError(absl::StrCat("the store returned ", resp.columns_size(), " columns, expected ",
-                                              c.out_cols.size()));
+                                              out_cols.size()));
     }
-    for (size_t j = 0; j < c.out_cols.size(); ++j) {
-      const ColumnDef& cd = f_.columns[c.out_cols[j]];
+    for (size_t j = 0; j < out_cols.size(); ++j) {
+      const ColumnDef& cd = f_.columns[out_cols[j]];
       if (resp.columns(static_cast<int>(j)).type() != cd.type) {
         return absl::FailedPreconditionError(absl::StrCat(
             "column \"", cd.name, "\" is ", features::TypeName(resp.columns(static_cast<int>(j)).type()),
@@ -540,8 +551,8 @@ class Run {
       }
     }
     for (const auto& row : resp.rows()) {
-      if (row.values_size() != static_cast<int>(c.out_cols.size()) ||
-          row.statuses_size() != static_cast<int>(c.out_cols.size())) {
+      if (row.values_size() != static_cast<int>(out_cols.size()) ||
+          row.statuses_size() != static_cast<int>(out_cols.size())) {
         return absl::InternalError("the store returned a row of the wrong width");
       }
     }
@@ -550,11 +561,11 @@ class Run {
                                               job.num_keys, " keys"));
     }
     const size_t rows = job.row_map.size();
-    for (size_t j = 0; j < c.out_cols.size(); ++j) {
-      ColData& d = cols_[c.out_cols[j]];
+    for (size_t j = 0; j < out_cols.size(); ++j) {
+      ColData& d = cols_[out_cols[j]];
       d.values.resize(rows);
       d.statuses.resize(rows);
-      const v1::Value* def = &f_.columns[c.out_cols[j]].default_value;
+      const v1::Value* def = &f_.columns[out_cols[j]].default_value;
       const int jj = static_cast<int>(j);
       for (size_t r = 0; r < rows; ++r) {
         int k = job.row_map[r];
@@ -716,7 +727,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     // A fetch with a test delay always goes to the pool, so that its timeout can be observed.
     std::vector<int> fetches;
     for (int ci : stage) {
-      if (IsFetch(flow.components[ci])) fetches.push_back(ci);
+      if (IsFetch(flow.components[ci]) && flow.components[ci].merged_into < 0) fetches.push_back(ci);
     }
     const size_t nf = fetches.size();
     std::vector<std::shared_ptr<FetchJob>> jobs(nf);
@@ -784,32 +795,46 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     for (size_t j = 0; j < nf; ++j) {
       const Component& c = flow.components[fetches[j]];
       Outcome& o = run.outcomes_[fetches[j]];
+      // The components that share this fetch (see Component::merged) share its outcome.
+      auto fill_defaults = [&](ValueStatus status) {
+        run.FillDefaults(c, status);
+        for (int m : c.merged) run.FillDefaults(flow.components[m], status);
+      };
+      absl::Duration took;
       if (!completed[j]) {
         o.status = v1::COMPONENT_TIMEOUT;
         o.error = absl::StrCat("no result within ", absl::FormatDuration(job_deadline[j] - stage_start),
                                job_deadline[j] == deadline ? " (the request deadline)" : " (the component timeout)");
-        run.FillDefaults(c);
-        Record(c, &o, job_deadline[j] - stage_start);
-        continue;
-      }
-      absl::Status st = jobs[j]->status;
-      if (st.ok()) {
-        if (jobs[j]->num_keys > 0) {
-          st = run.Apply(c, *jobs[j]);
-          run.fetched_.push_back(jobs[j]);
-        } else {
-          run.FillDefaults(c, v1::MISSING);  // every key was missing
-        }
-      }
-      if (st.ok()) {
-        o.status = v1::COMPONENT_OK;
+        fill_defaults(v1::DEFAULT);
+        took = job_deadline[j] - stage_start;
       } else {
-        // A source that gave up at the deadline it was handed (a model server call) timed out.
-        o.status = st.code() == absl::StatusCode::kDeadlineExceeded ? v1::COMPONENT_TIMEOUT : v1::COMPONENT_FAILED;
-        o.error = std::string(st.message());
-        run.FillDefaults(c);
+        absl::Status st = jobs[j]->status;
+        if (st.ok()) {
+          if (jobs[j]->num_keys > 0) {
+            st = run.Apply(c, *jobs[j]);
+            run.fetched_.push_back(jobs[j]);
+          } else {
+            fill_defaults(v1::MISSING);  // every key was missing
+          }
+        }
+        if (st.ok()) {
+          o.status = v1::COMPONENT_OK;
+        } else {
+          // A source that gave up at the deadline it was handed (a model server call) timed out.
+          o.status = st.code() == absl::StatusCode::kDeadlineExceeded ? v1::COMPONENT_TIMEOUT : v1::COMPONENT_FAILED;
+          o.error = std::string(st.message());
+          fill_defaults(v1::DEFAULT);
+        }
+        took = finished[j] - stage_start;
       }
-      Record(c, &o, finished[j] - stage_start);
+      Record(c, &o, took);
+      for (int m : c.merged) {
+        Outcome& mo = run.outcomes_[m];
+        mo.status = o.status;
+        mo.error = o.error;
+        mo.keys = o.keys;
+        Record(flow.components[m], &mo, took);
+      }
     }
     // Derived columns and models: pure CPU over columns already computed, run inline.
     for (int ci : stage) {

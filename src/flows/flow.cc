@@ -120,6 +120,7 @@ class Compiler {
     RETURN_IF_ERROR(ResolveAll());
     RETURN_IF_ERROR(Stage());
     RETURN_IF_ERROR(ParseOutput(root["output"]));
+    MergeFetches();
     BuildPlan();
     return absl::OkStatus();
   }
@@ -663,6 +664,24 @@ class Compiler {
     return absl::OkStatus();
   }
 
+  // One Retrieve per (stage, entity, keys, timeout): later components join the first one's fetch.
+  void MergeFetches() {
+    for (const auto& stage : f_->stages) {
+      for (size_t a = 0; a < stage.size(); ++a) {
+        Component& lead = f_->components[stage[a]];
+        if (lead.kind != Component::Kind::kFeatures || lead.merged_into >= 0 || lead.test_delay_ms != 0) continue;
+        for (size_t b = a + 1; b < stage.size(); ++b) {
+          Component& other = f_->components[stage[b]];
+          if (other.kind == Component::Kind::kFeatures && other.merged_into < 0 && other.test_delay_ms == 0 &&
+              other.entity == lead.entity && other.key_cols == lead.key_cols && other.timeout_ms == lead.timeout_ms) {
+            lead.merged.push_back(stage[b]);
+            other.merged_into = stage[a];
+          }
+        }
+      }
+    }
+  }
+
   absl::Status ParseOutput(const YAML::Node& node) {
     if (!node.IsDefined() || node.IsNull()) return absl::OkStatus();
     base::YamlReader r(node, "output");
@@ -716,6 +735,7 @@ class Compiler {
         pc->set_timeout_ms(c.timeout_ms);
         pc->set_entity(c.kind == Component::Kind::kDataset ? c.dataset : c.entity);
         for (int col : c.key_cols) pc->add_keys(f_->columns[col].name);
+        if (c.merged_into >= 0) pc->set_fetched_with(f_->components[c.merged_into].name);
       }
     }
   }

@@ -72,6 +72,10 @@ struct Component {
   std::string entity;
   std::vector<int> key_cols;                // one per key column of the entity
   std::vector<std::string> feature_refs;    // "group.feature", parallel to out_cols
+  // Fetches of one stage from the same entity with the same keys are one Retrieve: the first
+  // component (the leader) lists the others in `merged`; they point back with `merged_into`.
+  std::vector<int> merged;
+  int merged_into = -1;
   // kInteractions: events of `event_types` (empty = every type) of the user in key_cols[0] within
   // the last `window_ms` (0 = every retained event). Outputs: "<name>.count" (INT64, all such
   // events) and/or "<name>.target_count" (INT64 per row: those whose item_id is the row's target).

@@ -421,6 +421,48 @@ TEST_F(FlowTest, VersionsHotSwapAndSurviveReopen) {
   EXPECT_EQ((*reopened)->Find("nope", 0).status().code(), absl::StatusCode::kNotFound);
 }
 
+// Two components of one stage on the same entity and keys are one Retrieve (the plan says so),
+// and each still gets exactly its own columns.
+TEST_F(FlowTest, SameEntityFetchesOfAStageAreMerged) {
+  ASSERT_TRUE(Put(R"(
+model_id: ranker
+inputs: {context: [user_id], target: product_id}
+components:
+  - {name: price, kind: features, entity: product, keys: [product_id], features: [product_stats.price]}
+  - {name: category, kind: features, entity: product, keys: [product_id], features: [product_stats.category_id]}
+  - {name: user, kind: features, entity: user, keys: [user_id], features: [user_profile.age]}
+  - {name: premium, kind: features, entity: user, keys: [user_id], features: [user_profile.is_premium], timeout: 7ms}
+)").ok());
+  auto flow = flows_->Find("ranker", 0);
+  ASSERT_TRUE(flow.ok());
+  const auto& stage = (*flow)->plan.stages(0);
+  ASSERT_EQ(stage.components_size(), 4);
+  for (const auto& pc : stage.components()) {
+    // Only `category` joins `price`: `premium` has another timeout than `user`.
+    EXPECT_EQ(pc.fetched_with(), pc.name() == "category" ? "price" : "") << pc.name();
+  }
+  auto req = Request({"p1", "p2", "nope"});
+  req.set_return_timings(true);
+  v1::InferResponse resp;
+  ASSERT_TRUE(Infer(req, &resp).ok());
+  EXPECT_FALSE(resp.partial());
+  int price = Col(resp, "product.product_stats.price"), cat = Col(resp, "product.product_stats.category_id");
+  EXPECT_EQ(resp.columns(price).component(), "price");
+  EXPECT_EQ(resp.columns(cat).component(), "category");
+  EXPECT_FLOAT_EQ(Row(resp, "p2").values(price).float32_value(), 20);
+  EXPECT_EQ(Row(resp, "p2").values(cat).string_value(), "c2");
+  EXPECT_EQ(Row(resp, "nope").statuses(cat), v1::MISSING);
+  EXPECT_EQ(Row(resp, "p1").statuses(cat), v1::PRESENT);
+  // Both report the shared fetch's outcome and key count.
+  ASSERT_EQ(resp.components_size(), 4);
+  for (const auto& cr : resp.components()) {
+    EXPECT_EQ(cr.status(), v1::COMPONENT_OK) << cr.name();
+    if (cr.name() == "category" || cr.name() == "price") {
+      EXPECT_EQ(cr.keys(), 3u) << cr.name();
+    }
+  }
+}
+
 TEST_F(FlowTest, BadRequests) {
   ASSERT_TRUE(Put(kFlow).ok());
   v1::InferResponse resp;
