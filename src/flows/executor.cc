@@ -1,6 +1,7 @@
 #include "flows/executor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 
@@ -160,6 +161,9 @@ struct FetchJob {
   absl::Status status;
   int64_t delay_ms = 0;
   absl::Time deadline = absl::InfiniteFuture();  // of this fetch: min(request deadline, its timeout)
+  // Set by whoever runs the fetch: a pool thread, or the request thread when the pool has not
+  // started it yet (work stealing: no queueing delay and no wake-up for the request).
+  std::atomic<bool> claimed{false};
 };
 
 struct FeatureFetch final : FetchJob {
@@ -722,9 +726,9 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       }
       continue;
     }
-    // Fetches: all but the last go to the pool, the last runs on this thread (no hand-off, no
-    // wake-up), then the others are awaited, each until it completes or its own deadline passes.
-    // A fetch with a test delay always goes to the pool, so that its timeout can be observed.
+    // Fetches: all but one go to the pool, one runs on this thread (no hand-off, no wake-up), then
+    // the others are awaited, each until it completes or its own deadline passes. A fetch with a
+    // test delay always goes to the pool, so that its timeout can be observed.
     std::vector<int> fetches;
     for (int ci : stage) {
       if (IsFetch(flow.components[ci]) && flow.components[ci].merged_into < 0) fetches.push_back(ci);
@@ -738,6 +742,8 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       sync->finished.assign(nf, absl::InfinitePast());
     }
     std::vector<absl::Time> job_deadline(nf);
+    // The biggest lookup (most keys) runs on this thread: the others usually finish first, so the
+    // request thread rarely has to wait to be woken.
     int inline_job = -1;
     for (size_t j = 0; j < nf; ++j) {
       const Component& c = flow.components[fetches[j]];
@@ -753,11 +759,14 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
         sync->finished[j] = absl::Now();
         continue;
       }
-      if (j + 1 == nf && c.test_delay_ms == 0) {
+      if (c.test_delay_ms == 0 && (inline_job < 0 || jobs[j]->num_keys > jobs[inline_job]->num_keys)) {
         inline_job = static_cast<int>(j);
-        continue;
       }
+    }
+    for (size_t j = 0; j < nf; ++j) {
+      if (static_cast<int>(j) == inline_job || jobs[j]->num_keys == 0) continue;
       pool_.Schedule([job = jobs[j], sync, j] {
+        if (job->claimed.exchange(true, std::memory_order_acq_rel)) return;  // the request thread took it
         job->Execute();
         absl::MutexLock l(&sync->mu);
         sync->done[j] = true;
@@ -765,11 +774,21 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
         sync->cv.SignalAll();
       });
     }
-    if (inline_job >= 0) {
-      jobs[inline_job]->Execute();
+    // Run the chosen fetch here, then every pooled one that no pool thread has started yet.
+    auto run_here = [&](size_t j) {
+      jobs[j]->Execute();
       absl::MutexLock l(&sync->mu);
-      sync->done[inline_job] = true;
-      sync->finished[inline_job] = absl::Now();
+      sync->done[j] = true;
+      sync->finished[j] = absl::Now();
+    };
+    if (inline_job >= 0) {
+      jobs[inline_job]->claimed.store(true, std::memory_order_relaxed);
+      run_here(static_cast<size_t>(inline_job));
+    }
+    for (size_t j = 0; j < nf; ++j) {
+      if (static_cast<int>(j) == inline_job || jobs[j]->num_keys == 0 || jobs[j]->delay_ms > 0) continue;
+      if (absl::Now() >= job_deadline[j]) continue;  // too late to start: it times out below
+      if (!jobs[j]->claimed.exchange(true, std::memory_order_acq_rel)) run_here(j);
     }
     std::vector<bool> completed(nf, false);
     std::vector<absl::Time> finished(nf);
