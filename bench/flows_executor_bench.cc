@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "bench_util.h"
 #include "absl/synchronization/mutex.h"
 #include "base/config.h"
 #include "base/metrics.h"
@@ -37,19 +38,8 @@ namespace kfl = kosh::flows;
 
 namespace {
 
-std::string Arg(int argc, char** argv, const std::string& name, const std::string& def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (argv[i] == name) return argv[i + 1];
-  }
-  return def;
-}
-
-double Pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size()))) - 1;
-  return v[std::min(i, v.size() - 1)];
-}
+using kosh::bench::Arg;
+using kosh::bench::Pct;
 
 void Die(const absl::Status& s, const char* what) {
   if (s.ok()) return;

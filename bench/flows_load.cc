@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "grpcpp/grpcpp.h"
 #include "kosh/v1/feature_store.grpc.pb.h"
 #include "kosh/v1/flows.grpc.pb.h"
@@ -44,19 +45,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string Arg(int argc, char** argv, const std::string& name, const std::string& def) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (argv[i] == name) return argv[i + 1];
-  }
-  return def;
-}
-
-double Pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(std::ceil(p / 100.0 * v.size())) - 1;
-  return v[std::min(i, v.size() - 1)];
-}
+using kosh::bench::Arg;
+using kosh::bench::Pct;
 
 bool Check(const grpc::Status& s, const char* what) {
   if (!s.ok()) std::fprintf(stderr, "%s: %s\n", what, s.error_message().c_str());
