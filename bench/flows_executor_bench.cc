@@ -30,6 +30,7 @@
 #include "flows/executor.h"
 #include "flows/flow_registry.h"
 #include "interactions/interaction_store.h"
+#include "storage/config_store.h"
 #include "storage/engine.h"
 
 namespace v1 = kosh::v1;
@@ -84,7 +85,9 @@ int main(int argc, char** argv) {
   kosh::base::MetricsRegistry metrics;
   auto interactions = kosh::interactions::InteractionStore::Open(engine.get(), 3, 4, iopts, slot, &metrics);
   Die(interactions.status(), "interactions");
-  auto registry = kf::Registry::Open(engine.get(), 0);
+  auto registry_config = kosh::storage::NewEngineConfigStore(engine.get(), 0);
+  auto flows_config = kosh::storage::NewEngineConfigStore(engine.get(), 2);
+  auto registry = kf::Registry::Open(registry_config.get());
   Die(registry.status(), "registry");
   auto schema_text = kosh::base::ReadFile(std::string(KOSH_SOURCE_DIR) + "/examples/schema.yaml");
   Die(schema_text.status(), "schema");
@@ -145,7 +148,7 @@ int main(int argc, char** argv) {
   }
 
   kfl::FlowsOptions options;
-  auto flows = kfl::FlowRegistry::Open(engine.get(), 2, registry->get(), options, &metrics);
+  auto flows = kfl::FlowRegistry::Open(flows_config.get(), registry->get(), options, &metrics);
   Die(flows.status(), "flows");
   auto flow_text = kosh::base::ReadFile(std::string(KOSH_SOURCE_DIR) + "/examples/flows/ranker.yaml");
   Die(flow_text.status(), "flow");

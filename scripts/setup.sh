@@ -3,6 +3,9 @@
 # Idempotent: re-running it installs nothing that is already present.
 set -euo pipefail
 
+# zookeeperd brings the ZooKeeper server jars (and a Java runtime). Kosh's tests run their own
+# throw-away ZooKeeper from those jars (tests/zookeeper.h, scripts/zookeeper.sh) on a free port:
+# the zookeeperd system service need not run, and is left as the distribution configures it.
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates curl
   librocksdb-dev libzstd-dev liblz4-dev libsnappy-dev libbz2-dev zlib1g-dev
@@ -11,6 +14,7 @@ PACKAGES=(
   nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server redis-tools
+  libzookeeper-mt-dev zookeeperd
   python3 procps psmisc
 )
 

@@ -251,4 +251,29 @@ absl::Status YamlReader::CheckKeys(std::initializer_list<absl::string_view> allo
   return absl::OkStatus();
 }
 
+absl::StatusOr<YAML::Node> ParseConfigText(absl::string_view text) {
+  try {
+    YAML::Node n = YAML::Load(std::string(text));
+    if (!n.IsMap()) return absl::InvalidArgumentError("config: expected a mapping (YAML or JSON object)");
+    return n;
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: line ", e.mark.line + 1, ", column ", e.mark.column + 1, ": ", e.msg));
+  }
+}
+
+absl::Status GetStringList(const YAML::Node& node, const std::string& key, const std::string& path,
+                           std::vector<std::string>* out) {
+  YAML::Node n = node[key];
+  if (!n.IsDefined() || n.IsNull()) return absl::OkStatus();
+  if (!n.IsSequence()) return absl::InvalidArgumentError(absl::StrCat(path, ".", key, ": expected a list"));
+  for (size_t i = 0; i < n.size(); ++i) {
+    if (!n[i].IsScalar()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ".", key, "[", i, "]: expected a string"));
+    }
+    out->push_back(n[i].Scalar());
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace kosh::base

@@ -6,6 +6,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
@@ -27,6 +28,16 @@ absl::StatusOr<YAML::Node> ParseYaml(absl::string_view text, absl::string_view s
 
 // Reads a file and calls ParseYaml on it.
 absl::StatusOr<YAML::Node> LoadYamlFile(const std::string& path);
+
+// Parses a definition that arrived over the API (a flow or pipeline config, YAML or JSON): a
+// mapping, no ${VAR} substitution (expanding the server's environment into it would leak it).
+// Errors are INVALID_ARGUMENT "config: line L, column C: ...".
+absl::StatusOr<YAML::Node> ParseConfigText(absl::string_view text);
+
+// A list of strings at node[key] appended to *out (absent or null = nothing). Errors name
+// "<path>.<key>" or "<path>.<key>[i]".
+absl::Status GetStringList(const YAML::Node& node, const std::string& key, const std::string& path,
+                           std::vector<std::string>* out);
 
 // Reads the whole file at `path`.
 absl::StatusOr<std::string> ReadFile(const std::string& path);

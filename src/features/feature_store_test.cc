@@ -14,6 +14,7 @@
 #include "features/registry.h"
 #include "features/test_values.h"
 #include "gtest/gtest.h"
+#include "storage/config_store.h"
 #include "storage/engine.h"
 
 namespace kosh::features {
@@ -122,7 +123,8 @@ class FeatureStoreTest : public ::testing::Test {
     features.name = "features";
     features.expired = FeatureStore::RowExpired;
     engine_ = storage::NewMemoryEngine({registry, features});
-    auto r = Registry::Open(engine_.get(), kRegistryKs);
+    config_ = storage::NewEngineConfigStore(engine_.get(), kRegistryKs);
+    auto r = Registry::Open(config_.get());
     ASSERT_TRUE(r.ok()) << r.status();
     reg_ = std::move(*r);
     options_.max_keys_per_request = 8;
@@ -241,6 +243,7 @@ class FeatureStoreTest : public ::testing::Test {
   int64_t now_ = 1000;
   FeatureStoreOptions options_;
   std::unique_ptr<storage::Engine> engine_;
+  std::unique_ptr<storage::ConfigStore> config_;
   std::unique_ptr<Registry> reg_;
   std::unique_ptr<base::MetricsRegistry> metrics_;  // outlives store_ (declared before it)
   std::unique_ptr<FeatureStore> store_;

@@ -1,13 +1,22 @@
 // The registry of entities and versioned feature-group schemas.
 //
-// Definitions are durable (stored in the engine's registry keyspace) and served from an immutable
+// Definitions are durable (stored in a storage::ConfigStore: the embedded store's "registry"
+// keyspace, or a ZooKeeper namespace shared by several servers) and served from an immutable
 // in-memory Snapshot that is swapped atomically on every change, so readers never lock: a request
 // takes one Snapshot and uses it throughout. Mutations are serialised by a mutex and are
 // all-or-nothing: a rejected definition changes nothing.
+//
+// Several servers on one shared store: when another server changes the definitions, the store's
+// watch makes the registry re-read them all and publish a new Snapshot (then it tells its
+// listeners, e.g. the flow registry, which recompiles). A mutation is built from this server's
+// Snapshot; if another server wrote in between, the store refuses the write (ABORTED) and the
+// registry reloads and re-applies the mutation to the fresh definitions, up to kMutationAttempts
+// times, so no update is lost and no group id is handed out twice.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,7 +28,7 @@
 #include "features/codec.h"
 #include "kosh/v1/registry.pb.h"
 #include "kosh/v1/types.pb.h"
-#include "storage/engine.h"
+#include "storage/config_store.h"
 
 namespace kosh::features {
 
@@ -62,9 +71,26 @@ struct Snapshot {
 
 class Registry {
  public:
-  // Loads every definition stored in keyspace `ks` of `engine` (which must outlive the registry).
-  static absl::StatusOr<std::unique_ptr<Registry>> Open(storage::Engine* engine, storage::Keyspace ks,
-                                                        RegistryLimits limits = {});
+  // How often a mutation is re-applied after another server's concurrent write (ABORTED).
+  static constexpr int kMutationAttempts = 5;
+
+  // Loads every definition in `store` (which must outlive the registry) and watches it for changes
+  // made by other servers.
+  static absl::StatusOr<std::unique_ptr<Registry>> Open(storage::ConfigStore* store, RegistryLimits limits = {});
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Re-reads every definition from the store and publishes them as a new Snapshot, then calls the
+  // listeners. Called by the store's watch; safe to call any time (thread-safe). On error the
+  // current Snapshot stays.
+  absl::Status Reload();
+
+  // Adds `fn`, called after the definitions were reloaded because another server changed them (not
+  // after this registry's own mutations). Runs on the reloading thread (a store thread, or the
+  // request thread of a mutation that met a concurrent change) with no registry lock held; it may
+  // read snapshot(). `fn` must stay callable while the registry exists (capture a guard).
+  void AddListener(std::function<void()> fn);
 
   // The current definitions. Cheap; thread-safe; the result stays valid while held.
   std::shared_ptr<const Snapshot> snapshot() const {
@@ -90,23 +116,42 @@ class Registry {
   const RegistryLimits& limits() const { return limits_; }
 
  private:
-  Registry(storage::Engine* engine, storage::Keyspace ks, RegistryLimits limits)
-      : engine_(engine), ks_(ks), limits_(limits), snapshot_(std::make_shared<Snapshot>()) {}
+  Registry(storage::ConfigStore* store, RegistryLimits limits)
+      : store_(store), limits_(limits), snapshot_(std::make_shared<Snapshot>()) {}
 
   // A mutable working copy of the definitions used while applying changes.
   struct Draft;
+  // Builds a mutation from the current snapshot into the draft (and the value to return); an error
+  // is returned as is and nothing is written.
+  template <typename T>
+  using BuildFn = std::function<absl::StatusOr<T>(const Snapshot& snap, Draft* draft)>;
+  // Runs build + Commit under mu_, reloading and rebuilding after a concurrent change (ABORTED).
+  template <typename T>
+  absl::StatusOr<T> Mutate(const BuildFn<T>& build);
   absl::Status ValidateEntity(const v1::Entity& e, const std::string& where) const;
   absl::Status ValidateFeatures(const google::protobuf::RepeatedPtrField<FeatureSpec>& features,
                                 const std::string& where) const;
   // Persists the changed definitions in `draft` and publishes a new snapshot.
   absl::Status Commit(Draft& draft) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads everything from the store and publishes it.
+  absl::Status ReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void NotifyListeners();
 
-  storage::Engine* engine_;
-  storage::Keyspace ks_;
+  // Shared with the store's watch callback, which may outlive the registry: the destructor clears
+  // `self` (waiting for a callback in progress).
+  struct WatchGuard {
+    absl::Mutex mu;
+    Registry* self ABSL_GUARDED_BY(mu) = nullptr;
+  };
+
+  storage::ConfigStore* store_;
   RegistryLimits limits_;
-  absl::Mutex mu_;  // serialises mutations
+  absl::Mutex mu_;  // serialises mutations and reloads
   uint32_t next_group_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::shared_ptr<const Snapshot> snapshot_;
+  std::shared_ptr<WatchGuard> guard_ = std::make_shared<WatchGuard>();
+  absl::Mutex listeners_mu_;
+  std::vector<std::function<void()>> listeners_ ABSL_GUARDED_BY(listeners_mu_);
 };
 
 // Builds the served form of a group definition (compiles the layouts).

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
+#include "storage/config_store.h"
 #include "storage/engine.h"
 
 namespace kosh::features {
@@ -107,11 +108,12 @@ class RegistryTest : public ::testing::Test {
  protected:
   void SetUp() override {
     engine_ = storage::NewMemoryEngine(RegistryKeyspaces());
+    config_ = storage::NewEngineConfigStore(engine_.get(), kRegistryKs);
     Open();
   }
   void Open(RegistryLimits limits = {}) {
     reg_.reset();
-    auto r = Registry::Open(engine_.get(), kRegistryKs, limits);
+    auto r = Registry::Open(config_.get(), limits);
     ASSERT_TRUE(r.ok()) << r.status();
     reg_ = std::move(*r);
   }
@@ -127,6 +129,7 @@ class RegistryTest : public ::testing::Test {
   }
 
   std::unique_ptr<storage::Engine> engine_;
+  std::unique_ptr<storage::ConfigStore> config_;
   std::unique_ptr<Registry> reg_;
 };
 
@@ -609,7 +612,7 @@ class ApplyConflictTest : public RegistryTest {
   void ExpectUnchanged() {
     EXPECT_EQ(reg_->snapshot().get(), snap_.get());
     EXPECT_EQ(Dump(*reg_), dump_);
-    auto reopened = Registry::Open(engine_.get(), kRegistryKs);
+    auto reopened = Registry::Open(config_.get());
     ASSERT_TRUE(reopened.ok());
     EXPECT_EQ(Dump(**reopened), dump_) << "storage changed";
   }
@@ -815,7 +818,7 @@ TEST_F(RegistryTest, CorruptRecordIsDataLoss) {
   storage::WriteBatch b;
   b.Put(kRegistryKs, "entity/broken", std::string("\xff\xff\xff\xff", 4));
   ASSERT_TRUE(engine_->Write(b).ok());
-  auto r = Registry::Open(engine_.get(), kRegistryKs);
+  auto r = Registry::Open(config_.get());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
 }
 
@@ -825,7 +828,7 @@ TEST_F(RegistryTest, GroupOfUnknownEntityInStorageIsDataLoss) {
   storage::WriteBatch b;
   b.Put(kRegistryKs, "group/ghost/g", orphan.SerializeAsString());
   ASSERT_TRUE(engine_->Write(b).ok());
-  auto r = Registry::Open(engine_.get(), kRegistryKs);
+  auto r = Registry::Open(config_.get());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
 }
 
@@ -849,7 +852,8 @@ TEST(RegistryRocksDbTest, DefinitionsSurviveReopen) {
   {
     auto engine = storage::OpenRocksDb(options, RegistryKeyspaces());
     ASSERT_TRUE(engine.ok()) << engine.status();
-    auto reg = Registry::Open(engine->get(), kRegistryKs);
+    auto config = storage::NewEngineConfigStore(engine->get(), kRegistryKs);
+    auto reg = Registry::Open(config.get());
     ASSERT_TRUE(reg.ok()) << reg.status();
     ASSERT_TRUE((*reg)->Apply(BaseSchema()).ok());
     ASSERT_TRUE((*reg)->AddVersion(VersionReq("user", "profile", {Feature("x", v1::BOOL)})).ok());
@@ -864,7 +868,8 @@ TEST(RegistryRocksDbTest, DefinitionsSurviveReopen) {
   {
     auto engine = storage::OpenRocksDb(options, RegistryKeyspaces());
     ASSERT_TRUE(engine.ok()) << engine.status();
-    auto reg = Registry::Open(engine->get(), kRegistryKs);
+    auto config = storage::NewEngineConfigStore(engine->get(), kRegistryKs);
+    auto reg = Registry::Open(config.get());
     ASSERT_TRUE(reg.ok()) << reg.status();
     EXPECT_EQ(Dump(**reg), dump);
     EXPECT_EQ((*reg)->GetFeatureGroup("user", "profile")->id(), profile_id);

@@ -18,33 +18,7 @@ using features::IsNumeric;
 using features::IsVectorType;
 using features::TypeName;
 
-absl::StatusOr<YAML::Node> LoadConfig(absl::string_view text) {
-  // No ${VAR} substitution: flow configs arrive over the API, and expanding the server's
-  // environment into them would leak it.
-  try {
-    YAML::Node n = YAML::Load(std::string(text));
-    if (!n.IsMap()) return absl::InvalidArgumentError("config: expected a mapping (YAML or JSON object)");
-    return n;
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config: line ", e.mark.line + 1, ", column ", e.mark.column + 1, ": ", e.msg));
-  }
-}
-
-// A sequence of strings at node[key] (absent = empty). Errors name path.key.
-absl::Status GetStringList(const YAML::Node& node, const std::string& key, const std::string& path,
-                           std::vector<std::string>* out) {
-  YAML::Node n = node[key];
-  if (!n.IsDefined() || n.IsNull()) return absl::OkStatus();
-  if (!n.IsSequence()) return absl::InvalidArgumentError(absl::StrCat(path, ".", key, ": expected a list"));
-  for (size_t i = 0; i < n.size(); ++i) {
-    if (!n[i].IsScalar()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ".", key, "[", i, "]: expected a string"));
-    }
-    out->push_back(n[i].Scalar());
-  }
-  return absl::OkStatus();
-}
+using base::GetStringList;
 
 bool IsKeyType(v1::FeatureType t) { return t == v1::STRING || t == v1::INT32 || t == v1::INT64; }
 bool IsNumericScalar(v1::FeatureType t) { return IsNumeric(t) && !IsVectorType(t); }
@@ -90,7 +64,7 @@ absl::StatusOr<FlowsOptions> ParseFlowsOptions(const YAML::Node& node) {
 }
 
 absl::StatusOr<std::string> ConfigModelId(absl::string_view config) {
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfig(config));
+  ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(config));
   std::string id;
   RETURN_IF_ERROR(base::YamlReader(root, "").GetString("model_id", &id));
   return id;
@@ -757,7 +731,7 @@ absl::StatusOr<std::shared_ptr<const CompiledFlow>> CompileFlow(absl::string_vie
     return absl::ResourceExhaustedError(absl::StrCat("config: ", config.size(), " bytes exceeds the limit of ",
                                                      options.max_config_bytes));
   }
-  ASSIGN_OR_RETURN(YAML::Node root, LoadConfig(config));
+  ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(config));
   auto flow = std::make_shared<CompiledFlow>();
   flow->version = version;
   try {

@@ -12,6 +12,7 @@
 #include "flows/executor.h"
 #include "flows/flow_registry.h"
 #include "gtest/gtest.h"
+#include "storage/config_store.h"
 #include "storage/engine.h"
 
 namespace kosh::flows {
@@ -100,7 +101,9 @@ class FlowTest : public ::testing::Test {
     engine_ = storage::NewMemoryEngine({{"registry", nullptr, nullptr},
                                         {"features", nullptr, nullptr},
                                         {"flows", nullptr, nullptr}});
-    registry_ = *features::Registry::Open(engine_.get(), 0);
+    registry_config_ = storage::NewEngineConfigStore(engine_.get(), 0);
+    flows_config_ = storage::NewEngineConfigStore(engine_.get(), 2);
+    registry_ = *features::Registry::Open(registry_config_.get());
     auto req = features::ParseSchemaYaml(YAML::Load(kSchema), "schema");
     ASSERT_TRUE(req.ok()) << req.status();
     ASSERT_TRUE(registry_->Apply(*req).ok());
@@ -111,7 +114,7 @@ class FlowTest : public ::testing::Test {
             {{{"p1"}, {F32(10), Str("c1")}}, {{"p2"}, {F32(20), Str("c2")}}, {{"p3"}, {F32(30), Str("c1")}}}, {});
     Persist("user_category", "affinity", {{{"u1", "c1"}, {I32(5), F32(0.9f)}}}, {});
     options_.enable_test_hooks = true;
-    flows_ = *FlowRegistry::Open(engine_.get(), 2, registry_.get(), options_, &metrics_);
+    flows_ = *FlowRegistry::Open(flows_config_.get(), registry_.get(), options_, &metrics_);
     executor_ = std::make_unique<Executor>(Sources{store_.get()}, options_);
   }
 
@@ -168,6 +171,8 @@ class FlowTest : public ::testing::Test {
 
   base::MetricsRegistry metrics_;
   std::unique_ptr<storage::Engine> engine_;
+  std::unique_ptr<storage::ConfigStore> registry_config_;
+  std::unique_ptr<storage::ConfigStore> flows_config_;
   std::unique_ptr<features::Registry> registry_;
   std::unique_ptr<features::FeatureStore> store_;
   FlowsOptions options_;
@@ -360,7 +365,7 @@ TEST_F(FlowTest, InvalidConfigsAreRejectedWithPreciseErrors) {
 
 TEST_F(FlowTest, TestHooksAreOffByDefault) {
   FlowsOptions strict;
-  auto reg = *FlowRegistry::Open(engine_.get(), 2, registry_.get(), strict, nullptr);
+  auto reg = *FlowRegistry::Open(flows_config_.get(), registry_.get(), strict, nullptr);
   std::string cfg = kFlow;
   cfg.replace(cfg.find("    keys: [product_id]\n"), 23, "    keys: [product_id]\n    test_delay: 1ms\n");
   v1::PutFlowRequest req;
@@ -409,7 +414,7 @@ TEST_F(FlowTest, VersionsHotSwapAndSurviveReopen) {
   ASSERT_TRUE(Infer(old, &r1).ok());
   EXPECT_NEAR(r1.rows(0).values(Col(r1, "score")).float32_value(), 1 + 5 + 6, 1e-3);
   // Reopen from the same engine: both versions are back.
-  auto reopened = FlowRegistry::Open(engine_.get(), 2, registry_.get(), options_, nullptr);
+  auto reopened = FlowRegistry::Open(flows_config_.get(), registry_.get(), options_, nullptr);
   ASSERT_TRUE(reopened.ok());
   auto list = (*reopened)->List();
   ASSERT_EQ(list.size(), 1u);

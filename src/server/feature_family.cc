@@ -100,7 +100,9 @@ class FeatureFamily final : public Family {
 
   absl::Status Start(const FamilyContext& ctx) override {
     const ServerOptions& o = *ctx.options;
-    ASSIGN_OR_RETURN(registry_, features::Registry::Open(ctx.engine, ctx.keyspaces[0], o.registry));
+    // The "registry" keyspace, or the ZooKeeper namespace "registry" (options registry.backend).
+    ASSIGN_OR_RETURN(config_, ctx.OpenConfigStore("registry"));
+    ASSIGN_OR_RETURN(registry_, features::Registry::Open(config_.get(), o.registry));
     for (const auto& path : o.schema_files) {
       ASSIGN_OR_RETURN(YAML::Node doc, base::LoadYamlFile(path));
       ASSIGN_OR_RETURN(v1::ApplySchemaRequest req, features::ParseSchemaYaml(doc, path));
@@ -180,6 +182,7 @@ class FeatureFamily final : public Family {
   }
 
  private:
+  std::unique_ptr<storage::ConfigStore> config_;  // outlives registry_
   std::unique_ptr<features::Registry> registry_;
   std::unique_ptr<features::FeatureStore> store_;
   Ids ids_{};

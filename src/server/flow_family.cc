@@ -59,8 +59,8 @@ class FlowFamily final : public Family {
       return absl::FailedPreconditionError("flows: the feature family must start before the flows family");
     }
     ASSIGN_OR_RETURN(flows::FlowsOptions opts, flows::ParseFlowsOptions(ctx.options->flows));
-    ASSIGN_OR_RETURN(registry_, flows::FlowRegistry::Open(ctx.engine, ctx.keyspaces[0], shared.feature_registry, opts,
-                                                          ctx.metrics));
+    ASSIGN_OR_RETURN(config_, ctx.OpenConfigStore("flows"));
+    ASSIGN_OR_RETURN(registry_, flows::FlowRegistry::Open(config_.get(), shared.feature_registry, opts, ctx.metrics));
     for (const auto& path : opts.files) {
       ASSIGN_OR_RETURN(std::string text, base::ReadFile(path));
       v1::PutFlowRequest req;
@@ -109,6 +109,7 @@ class FlowFamily final : public Family {
   std::vector<grpc::Service*> GrpcServices() override { return {grpc_.get()}; }
 
  private:
+  std::unique_ptr<storage::ConfigStore> config_;  // outlives registry_
   std::unique_ptr<flows::FlowRegistry> registry_;
   std::unique_ptr<flows::Executor> executor_;
   Ids ids_{};

@@ -3,6 +3,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "base/config.h"
 #include "base/status.h"
 
@@ -19,16 +20,38 @@ absl::Status CheckAddress(const std::string& address, const std::string& field) 
   return absl::OkStatus();
 }
 
+absl::Status CheckRegistryStore(const RegistryStoreOptions& o) {
+  const storage::ZooKeeperOptions& zo = o.zookeeper;
+  if (zo.hosts.empty()) return absl::InvalidArgumentError("registry.zookeeper.hosts: empty");
+  for (absl::string_view host : absl::StrSplit(zo.hosts, ',')) {
+    // The C client also accepts a chroot suffix ("h:2181/app") on the last host.
+    absl::string_view hp = host.substr(0, host.find('/'));
+    RETURN_IF_ERROR(CheckAddress(std::string(hp), "registry.zookeeper.hosts"));
+  }
+  if (zo.root.empty() || zo.root[0] != '/' || (zo.root.size() > 1 && zo.root.back() == '/')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("registry.zookeeper.root: \"", zo.root, "\" must be an absolute znode path without a trailing /"));
+  }
+  if (zo.session_timeout_ms < 100 || zo.session_timeout_ms > 3600000) {
+    return absl::InvalidArgumentError("registry.zookeeper.session_timeout: expected 100ms to 1h");
+  }
+  if (zo.connect_timeout_ms < 1 || zo.connect_timeout_ms > 600000) {
+    return absl::InvalidArgumentError("registry.zookeeper.connect_timeout: expected 1ms to 10m");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ServerOptions> ParseServerOptions(const YAML::Node& root) {
   ServerOptions o;
   o.storage.path = "./data";
   base::YamlReader r(root, "");
   RETURN_IF_ERROR(r.CheckKeys(
-      {"server", "storage", "features", "schema", "auth", "log", "interactions", "datasets", "flows"}));
+      {"server", "storage", "features", "schema", "auth", "log", "interactions", "datasets", "flows", "pipelines",
+       "registry"}));
   if (root.IsMap()) {
     const YAML::Node& croot = root;  // const lookups do not insert keys
     for (auto [name, node] : {std::pair{"interactions", &o.interactions}, std::pair{"datasets", &o.datasets},
-                              std::pair{"flows", &o.flows}}) {
+                              std::pair{"flows", &o.flows}, std::pair{"pipelines", &o.pipelines}}) {
       if (croot[name]) node->reset(croot[name]);
     }
   }
@@ -100,6 +123,27 @@ absl::StatusOr<ServerOptions> ParseServerOptions(const YAML::Node& root) {
       o.schema_files.push_back(files[i].Scalar());
     }
   }
+
+  ASSIGN_OR_RETURN(auto registry, r.Child("registry"));
+  RETURN_IF_ERROR(registry.CheckKeys({"backend", "zookeeper"}));
+  std::string backend = "embedded";
+  RETURN_IF_ERROR(registry.GetString("backend", &backend));
+  if (backend == "embedded") {
+    o.registry_store.backend = RegistryStoreOptions::Backend::kEmbedded;
+  } else if (backend == "zookeeper") {
+    o.registry_store.backend = RegistryStoreOptions::Backend::kZooKeeper;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("registry.backend: \"", backend, "\" is not embedded or zookeeper"));
+  }
+  ASSIGN_OR_RETURN(auto zk, registry.Child("zookeeper"));
+  RETURN_IF_ERROR(zk.CheckKeys({"hosts", "root", "session_timeout", "connect_timeout"}));
+  storage::ZooKeeperOptions& zo = o.registry_store.zookeeper;
+  RETURN_IF_ERROR(zk.GetString("hosts", &zo.hosts));
+  RETURN_IF_ERROR(zk.GetString("root", &zo.root));
+  RETURN_IF_ERROR(zk.GetDurationMs("session_timeout", &zo.session_timeout_ms));
+  RETURN_IF_ERROR(zk.GetDurationMs("connect_timeout", &zo.connect_timeout_ms));
+  RETURN_IF_ERROR(CheckRegistryStore(o.registry_store));
 
   ASSIGN_OR_RETURN(auto auth, r.Child("auth"));
   RETURN_IF_ERROR(auth.CheckKeys({"enabled", "tokens"}));
@@ -186,6 +230,11 @@ absl::Status ApplyFlags(const std::vector<std::string>& args, ServerOptions* o) 
       auto b = base::ParseBytes(value);
       if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", b.status().message()));
       o->features.cache_bytes = *b;
+    } else if (flag == "--registry-zookeeper") {
+      o->registry_store.backend = RegistryStoreOptions::Backend::kZooKeeper;
+      o->registry_store.zookeeper.hosts = value;
+      auto checked = CheckRegistryStore(o->registry_store);
+      if (!checked.ok()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", checked.message()));
     } else if (flag == "--sync-writes") {
       if (value != "true" && value != "false") {
         return absl::InvalidArgumentError("--sync-writes: expected true or false");

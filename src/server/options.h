@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "features/feature_store.h"
 #include "features/registry.h"
+#include "storage/config_store.h"
 #include "storage/engine.h"
 #include "yaml-cpp/yaml.h"
 
@@ -27,6 +28,15 @@ struct AuthOptions {
   std::vector<std::pair<std::string, Caller>> tokens;
 };
 
+// Where the definitions (feature schemas, flows, pipelines) live: YAML section `registry:`.
+struct RegistryStoreOptions {
+  enum class Backend : uint8_t { kEmbedded, kZooKeeper };
+  // kEmbedded (the default): each family's own keyspace in the server's RocksDB. kZooKeeper: one
+  // ensemble shared by several servers, which hot-reload each other's changes.
+  Backend backend = Backend::kEmbedded;
+  storage::ZooKeeperOptions zookeeper;  // used with kZooKeeper
+};
+
 struct ServerOptions {
   std::string grpc_address = "0.0.0.0:7070";
   std::string http_address = "0.0.0.0:7080";
@@ -38,6 +48,7 @@ struct ServerOptions {
   storage::RocksDbOptions storage;  // storage.path defaults to ./data
   features::FeatureStoreOptions features;
   features::RegistryLimits registry;
+  RegistryStoreOptions registry_store;
   std::vector<std::string> schema_files;
   AuthOptions auth;
   std::string log_level = "info";
@@ -47,6 +58,7 @@ struct ServerOptions {
   YAML::Node interactions;
   YAML::Node datasets;
   YAML::Node flows;
+  YAML::Node pipelines;
 };
 
 // Parses a configuration document (already loaded YAML). Unknown options are errors naming their
@@ -55,8 +67,13 @@ absl::StatusOr<ServerOptions> ParseServerOptions(const YAML::Node& root);
 
 // Applies command-line flags of `kosh serve` to `options`: --config is handled by the caller;
 // --grpc-address, --http-address, --data-dir, --schema (repeatable), --port-file, --log-level,
-// --grace-period. `args` are the flags after the subcommand.
+// --grace-period, --registry-zookeeper HOSTS (registry.backend zookeeper with those hosts).
+// `args` are the flags after the subcommand.
 absl::Status ApplyFlags(const std::vector<std::string>& args, ServerOptions* options);
+
+// Checks the `registry:` section (hosts are host:port, root is absolute, timeouts in range);
+// INVALID_ARGUMENT naming the option.
+absl::Status CheckRegistryStore(const RegistryStoreOptions& options);
 
 // Splits "host:port"; INVALID_ARGUMENT naming `field` if malformed.
 absl::Status CheckAddress(const std::string& address, const std::string& field);

@@ -102,6 +102,45 @@ TEST(ServerOptions, FlagsOverrideConfig) {
   EXPECT_FALSE(ApplyFlags({"--sync-writes", "maybe"}, &*o).ok());
 }
 
+TEST(ServerOptions, RegistryBackend) {
+  auto d = Parse("");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->registry_store.backend, RegistryStoreOptions::Backend::kEmbedded);  // the default
+  auto o = Parse(R"(
+registry:
+  backend: zookeeper
+  zookeeper: {hosts: "10.0.0.1:2181,10.0.0.2:2181", root: /kosh/prod, session_timeout: 6s, connect_timeout: 750ms}
+)");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->registry_store.backend, RegistryStoreOptions::Backend::kZooKeeper);
+  EXPECT_EQ(o->registry_store.zookeeper.hosts, "10.0.0.1:2181,10.0.0.2:2181");
+  EXPECT_EQ(o->registry_store.zookeeper.root, "/kosh/prod");
+  EXPECT_EQ(o->registry_store.zookeeper.session_timeout_ms, 6000);
+  EXPECT_EQ(o->registry_store.zookeeper.connect_timeout_ms, 750);
+  struct Case {
+    const char* yaml;
+    const char* expect;
+  } cases[] = {
+      {"registry: {backend: etcd}", "registry.backend"},
+      {"registry: {backned: zookeeper}", "registry.backned"},
+      {"registry: {zookeeper: {hostz: a}}", "registry.zookeeper.hostz"},
+      {"registry: {zookeeper: {hosts: \"nohost\"}}", "registry.zookeeper.hosts"},
+      {"registry: {zookeeper: {root: kosh}}", "registry.zookeeper.root"},
+      {"registry: {zookeeper: {session_timeout: 1ms}}", "registry.zookeeper.session_timeout"},
+      {"registry: {zookeeper: {connect_timeout: soon}}", "registry.zookeeper.connect_timeout"},
+      {"registry: [1]", "registry"},
+  };
+  for (const auto& c : cases) {
+    auto bad = Parse(c.yaml);
+    ASSERT_FALSE(bad.ok()) << c.yaml;
+    EXPECT_NE(bad.status().message().find(c.expect), std::string::npos) << c.yaml << " -> " << bad.status().message();
+  }
+  ASSERT_TRUE(ApplyFlags({"--registry-zookeeper", "127.0.0.1:2181"}, &*d).ok());
+  EXPECT_EQ(d->registry_store.backend, RegistryStoreOptions::Backend::kZooKeeper);
+  EXPECT_EQ(d->registry_store.zookeeper.hosts, "127.0.0.1:2181");
+  EXPECT_FALSE(ApplyFlags({"--registry-zookeeper", ""}, &*d).ok());
+}
+
 TEST(ServerOptions, EnvironmentSubstitution) {
   setenv("KOSH_TEST_DIR", "/env/dir", 1);
   auto o = Parse("storage: {path: \"${KOSH_TEST_DIR}\"}\nlog: {level: \"${KOSH_UNSET_LEVEL:-warn}\"}");

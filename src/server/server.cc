@@ -10,6 +10,7 @@
 #include "server/feature_family.h"
 #include "server/flow_family.h"
 #include "server/interaction_family.h"
+#include "server/pipeline_family.h"
 #include "spdlog/spdlog.h"
 
 namespace kosh::server {
@@ -26,6 +27,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   families.push_back(NewInteractionFamily());
   families.push_back(NewDatasetFamily());
   families.push_back(NewFlowFamily());
+  families.push_back(NewPipelineFamily());
   ASSIGN_OR_RETURN(s->service_, Service::Open(options, std::move(families)));
 
   grpc::ServerBuilder builder;

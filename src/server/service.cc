@@ -50,21 +50,44 @@ grpc::ServerUnaryReactor* RunUnary(Service* service, int id, grpc::CallbackServe
   return reactor;
 }
 
+absl::StatusOr<std::unique_ptr<storage::ConfigStore>> FamilyContext::OpenConfigStore(const std::string& ns) const {
+  const RegistryStoreOptions& rs = options->registry_store;
+  if (rs.backend == RegistryStoreOptions::Backend::kEmbedded) {
+    for (size_t i = 0; i < keyspace_names.size() && i < keyspaces.size(); ++i) {
+      if (keyspace_names[i] == ns) return storage::NewEngineConfigStore(engine, keyspaces[i]);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("config store \"", ns, "\": the family declares no keyspace of that name"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<storage::ConfigStore> store, storage::NewZooKeeperConfigStore(rs.zookeeper, ns));
+  storage::ConfigStore* raw = store.get();
+  metrics->AddGauge("kosh_registry_zookeeper_connected",
+                    "1 while the ZooKeeper session of a registry namespace is connected, else 0 (the server "
+                    "keeps serving the definitions it last read).",
+                    [raw, ns] {
+                      return std::vector<std::pair<base::Labels, double>>{
+                          {{{"namespace", ns}}, raw->Connected() ? 1.0 : 0.0}};
+                    });
+  return store;
+}
+
 absl::StatusOr<std::unique_ptr<Service>> Service::Open(const ServerOptions& options,
                                                        std::vector<std::unique_ptr<Family>> families) {
   std::unique_ptr<Service> s(new Service(options));
   std::vector<storage::KeyspaceOptions> all;
   std::vector<std::vector<storage::Keyspace>> owned(families.size());
+  std::vector<std::vector<std::string>> owned_names(families.size());
   for (size_t f = 0; f < families.size(); ++f) {
     for (auto& ks : families[f]->Keyspaces()) {
       owned[f].push_back(static_cast<storage::Keyspace>(all.size()));
+      owned_names[f].push_back(ks.name);
       all.push_back(std::move(ks));
     }
   }
   ASSIGN_OR_RETURN(s->engine_, storage::OpenRocksDb(options.storage, std::move(all)));
   s->families_ = std::move(families);
   for (size_t f = 0; f < s->families_.size(); ++f) {
-    FamilyContext ctx{&s->options_, s->engine_.get(), owned[f], &s->metrics_, s.get(), &s->shared_};
+    FamilyContext ctx{&s->options_, s->engine_.get(), owned[f], &s->metrics_, s.get(), &s->shared_, owned_names[f]};
     RETURN_IF_ERROR(s->families_[f]->Start(ctx));
   }
 

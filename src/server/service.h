@@ -23,6 +23,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/service_type.h"
 #include "server/options.h"
+#include "storage/config_store.h"
 #include "storage/engine.h"
 
 namespace kosh::features {
@@ -79,6 +80,15 @@ struct FamilyContext {
   base::MetricsRegistry* metrics;
   Service* service;
   Subsystems* shared;
+  std::vector<std::string> keyspace_names;  // parallel to `keyspaces`
+
+  // The definitions store of namespace `ns` ("registry", "flows", "pipelines"), as configured by
+  // options->registry_store. Embedded (the default): over this family's own keyspace named `ns`,
+  // which the family must declare in Keyspaces() (FAILED_PRECONDITION otherwise). ZooKeeper: a new
+  // session to the ensemble on znode <root>/<ns>; UNAVAILABLE naming the hosts when it cannot
+  // connect within the connect timeout. Adds the store's kosh_registry_zookeeper_connected gauge:
+  // the family must keep the store until the Service is destroyed.
+  absl::StatusOr<std::unique_ptr<storage::ConfigStore>> OpenConfigStore(const std::string& ns) const;
 };
 
 class Family {
