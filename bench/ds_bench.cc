@@ -17,6 +17,14 @@
 //   analyze  Reads --records and --phases (lines "name start_unix_ns end_unix_ns"; windows with
 //            the same name are pooled) and prints one JSON object: per phase the request count,
 //            achieved rate, errors, p50/p99/p99.9/max latency in ms.
+//   loads    The load side of the bulk path, as one long-lived process so that no process start
+//            lands in a measured window: --rounds rounds of (idle window, LoadVersion of the next
+//            of --builds (comma-separated, used in turn) with whole-file checksums, idle window,
+//            LoadVersion of the next build with verify_checksums false). A load window starts with
+//            the call and lasts max(--window seconds, the load); the idle window before it lasts as
+//            long as the previous load window (--window for the first). Appends the windows to
+//            --phases ("idle.v<i>", "load.<i>", "idle.n<i>", "noverify.<i>", then "idle.last") and
+//            writes each LoadVersionResponse as JSON to --out-dir/<window name>.json.
 //   online   The online write path: reads the same CSV --inputs, encodes each user's list the way
 //            datasets store it (src/datasets/value_codec.h) and writes it through
 //            FeatureStore.Persist into --entity/--group as the single BYTES feature --feature,
@@ -27,7 +35,8 @@
 // Flags (defaults in brackets): --out, --input-gb [5], --files [8], --threads [2], --seed [42],
 // --server [127.0.0.1:7070], --dataset [recs], --keys, --rate [1000], --connections [4],
 // --duration [0 = until a signal], --records, --phases, --entity [user], --group [recs],
-// --feature [recs], --batch [50], --writers [4], --max-seconds [0], --inputs (comma-separated).
+// --feature [recs], --batch [50], --writers [4], --max-seconds [0], --inputs (comma-separated),
+// --builds, --rounds [8], --window [3], --out-dir.
 #include <signal.h>
 #include <unistd.h>
 
@@ -51,6 +60,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "datasets/value_codec.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "kosh/v1/datasets.grpc.pb.h"
 #include "kosh/v1/feature_store.grpc.pb.h"
@@ -316,6 +326,69 @@ int Analyze() {
   return 0;
 }
 
+// --- loads ------------------------------------------------------------------------------------------
+
+int Loads() {
+  const std::string server = Flag("--server", "127.0.0.1:7070");
+  const std::string dataset = Flag("--dataset", "recs");
+  const std::vector<std::string> builds = absl::StrSplit(Flag("--builds"), ',', absl::SkipEmpty());
+  const int rounds = static_cast<int>(IntFlag("--rounds", 8));
+  const double window = DoubleFlag("--window", 3);
+  const std::string phases = Flag("--phases"), out_dir = Flag("--out-dir");
+  if (builds.empty() || phases.empty() || out_dir.empty()) {
+    std::cerr << "loads: --builds DIR[,DIR...], --phases FILE and --out-dir DIR are required\n";
+    return 2;
+  }
+  auto stub = kosh::v1::Datasets::NewStub(grpc::CreateChannel(server, grpc::InsecureChannelCredentials()));
+  std::ofstream ph(phases, std::ios::app);
+  size_t next_build = 0;
+  double last = window;
+  auto sleep_s = [](double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); };
+  auto idle = [&](const std::string& name) {
+    const int64_t a = NowNs();
+    sleep_s(last);
+    ph << name << " " << a << " " << NowNs() << std::endl;
+  };
+  auto load = [&](const std::string& name, bool verify) -> bool {
+    kosh::v1::LoadVersionRequest req;
+    req.set_dataset(dataset);
+    req.set_path(builds[next_build++ % builds.size()]);
+    if (!verify) req.set_verify_checksums(false);
+    kosh::v1::LoadVersionResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(SysClock::now() + std::chrono::hours(1));
+    const int64_t a = NowNs();
+    const auto start = Steady::now();
+    grpc::Status st = stub->LoadVersion(&ctx, req, &resp);
+    const double took = std::chrono::duration<double>(Steady::now() - start).count();
+    if (took < window) sleep_s(window - took);
+    const int64_t b = NowNs();
+    ph << name << " " << a << " " << b << std::endl;
+    last = (b - a) / 1e9;
+    if (!st.ok()) {
+      std::cerr << "loads: " << name << ": " << st.error_message() << "\n";
+      return false;
+    }
+    std::string json;
+    google::protobuf::util::JsonPrintOptions opts;
+    opts.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(resp, &json, opts);
+    std::ofstream(out_dir + "/" + name + ".json") << json << "\n";
+    std::cerr << "loads: " << name << " " << req.path() << ": " << resp.total_seconds() << " s (verify "
+              << resp.verify_seconds() << ", ingest " << resp.ingest_seconds() << ", swap " << resp.swap_seconds()
+              << ")\n";
+    return true;
+  };
+  for (int i = 1; i <= rounds; ++i) {
+    idle(absl::StrCat("idle.v", i));
+    if (!load(absl::StrCat("load.", i), true)) return 1;
+    idle(absl::StrCat("idle.n", i));
+    if (!load(absl::StrCat("noverify.", i), false)) return 1;
+  }
+  idle("idle.last");
+  return 0;
+}
+
 // --- online -----------------------------------------------------------------------------------------
 
 int Online() {
@@ -428,7 +501,7 @@ int Online() {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: ds_bench gen|reader|analyze|online [--flag value]... (see the top of bench/ds_bench.cc)\n";
+    std::cerr << "usage: ds_bench gen|reader|analyze|loads|online [--flag value]... (see the top of bench/ds_bench.cc)\n";
     return 2;
   }
   std::string mode = argv[1];
@@ -448,6 +521,7 @@ int main(int argc, char** argv) {
   if (mode == "reader") return Reader();
   if (mode == "analyze") return Analyze();
   if (mode == "online") return Online();
+  if (mode == "loads") return Loads();
   std::cerr << "unknown mode " << mode << "\n";
   return 2;
 }

@@ -7,12 +7,14 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
 #include "e2e_test_util.h"
+#include "google/protobuf/util/json_util.h"
 #include "kosh/v1/datasets.grpc.pb.h"
 
 namespace kosh::e2e {
@@ -459,6 +461,73 @@ TEST(DatasetsE2E, ExternalSortFarAboveTheMemoryBudget) {
     ASSERT_EQ(e.value().recs().items_size(), 8) << e.key();
     EXPECT_EQ(e.value().recs().items(3).item_id(), std::to_string(u * 10 + 3)) << e.key();
   }
+}
+
+// --- asynchronous loads -------------------------------------------------------------------------------
+
+// Waits up to 30 s for version `v` of "ds" to reach `state`.
+bool WaitForState(const KoshServer& s, uint64_t v, v1::VersionState state) {
+  for (int i = 0; i < 3000; ++i) {
+    if (VersionOf(List(s, "ds"), v).state() == state) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
+  TempDir dir("ds-async");
+  std::string a = BuildBytes(dir, "a", "A", 2000);
+  std::string b = BuildBytes(dir, "b", "B", 60000);  // ~1 MB of files: ~4 s at the rate limit below
+  KoshServer server;
+  ASSERT_TRUE(server.Start());
+  ASSERT_EQ(Load(server, "ds", a).status.code, 0);
+
+  // CLI (gRPC): --wait false returns at once with the version BUILDING; the load finishes on the
+  // server. A rate limit keeps it running long enough to see the state and a refused second load.
+  CommandResult r = Load(server, "ds", b, {"--wait", "false", "--rate-limit", "256KiB"});
+  ASSERT_EQ(r.status.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("\"state\": \"VERSION_BUILDING\""));
+  EXPECT_THAT(r.out, HasSubstr("\"version\": \"2\""));
+  EXPECT_EQ(ReadBytes(server, "k1"), "A:k1");
+  CommandResult second = Load(server, "ds", a);
+  EXPECT_EQ(second.status.code, 1);
+  EXPECT_THAT(second.err, HasSubstr("ABORTED"));
+  ASSERT_TRUE(WaitForState(server, 2, v1::VERSION_CURRENT));
+  EXPECT_EQ(ReadBytes(server, "k1"), "B:k1");
+
+  // HTTP: "wait": false does not hold the HTTP thread for the load.
+  HttpResponse h = server.Post("/v1/datasets/load_version",
+                               R"({"dataset": "ds", "path": ")" + a + R"(", "wait": false})");
+  ASSERT_EQ(h.status, 200) << h.body;
+  v1::LoadVersionResponse hr;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(h.body, &hr).ok()) << h.body;
+  EXPECT_EQ(hr.version().version(), 3u) << "the refused load took no version number";
+  EXPECT_EQ(hr.version().state(), v1::VERSION_BUILDING);
+  ASSERT_TRUE(WaitForState(server, 3, v1::VERSION_CURRENT));
+  EXPECT_EQ(ReadBytes(server, "k1"), "A:k1");
+
+  // A corrupt build loaded asynchronously: the call succeeds, the version ends FAILED with the
+  // reason, and the current version keeps serving.
+  std::string c = BuildBytes(dir, "c", "C", 2000);
+  for (const auto& e : fs::directory_iterator(c)) {
+    if (e.path().extension() != ".sst") continue;
+    std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(64);
+    f.write("garbage!", 8);
+    break;
+  }
+  r = Load(server, "ds", c, {"--no-wait"});
+  ASSERT_EQ(r.status.code, 0) << r.err;
+  ASSERT_TRUE(WaitForState(server, 4, v1::VERSION_FAILED));
+  EXPECT_THAT(VersionOf(List(server, "ds"), 4).failure(), HasSubstr("DATA_LOSS: "));
+  EXPECT_THAT(VersionOf(List(server, "ds"), 4).failure(), HasSubstr("checksum mismatch"));
+  EXPECT_EQ(ReadBytes(server, "k1"), "A:k1");
+  EXPECT_EQ(List(server, "ds").current_version(), 3u);
+
+  // Bad flag values are refused by the CLI.
+  r = Load(server, "ds", a, {"--wait", "maybe"});
+  EXPECT_EQ(r.status.code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--wait: expected true or false"));
 }
 
 // --- bad requests and auth -------------------------------------------------------------------------------

@@ -44,9 +44,12 @@ usage:
       --compression none|lz4|zstd   data block compression (default: none for recs, else lz4)
       --label TEXT              stored in the manifest and shown by `list`
   kosh dataset load --dataset NAME [--no-activate] [--warm] [--rate-limit SIZE]
-                    [--allow-schema-change] [--no-verify] [--timeout DURATION] DIR
+                    [--allow-schema-change] [--no-verify] [--wait true|false] [--timeout DURATION] DIR
       DIR is a build output directory as the server sees it (made absolute here).
-      --no-verify checks file sizes only, not whole-file checksums (reads still check blocks).
+      --no-verify checks file sizes and structure only, not whole-file checksums (reads still
+      check every block's checksum).
+      --wait false (or --no-wait) returns once the version exists (state BUILDING) and leaves the
+      load running on the server; poll `kosh dataset list` for CURRENT/READY or FAILED.
   kosh dataset list [--dataset NAME]
   kosh dataset rollback --dataset NAME [--version N]     (default: the newest older backup)
   kosh dataset delete --dataset NAME --version N
@@ -57,7 +60,7 @@ client options: --server HOST:PORT (default $KOSH_SERVER or localhost:7070), --t
 )";
 
 const std::set<std::string> kBoolFlags = {"--header", "--no-activate", "--warm", "--allow-schema-change",
-                                          "--no-verify"};
+                                          "--no-verify", "--no-wait"};
 
 struct Args {
   std::map<std::string, std::string> flags;
@@ -268,7 +271,7 @@ absl::StatusOr<uint64_t> VersionFlag(const Args& a, bool required) {
 
 int Load(const Args& a) {
   if (auto s = CheckFlags(a, {"--dataset", "--no-activate", "--warm", "--rate-limit", "--allow-schema-change",
-                              "--no-verify", "--timeout"});
+                              "--no-verify", "--wait", "--no-wait", "--timeout"});
       !s.ok()) {
     return Fail(s);
   }
@@ -284,6 +287,15 @@ int Load(const Args& a) {
   if (a.bools.count("--warm")) req.set_warm(true);
   if (a.bools.count("--allow-schema-change")) req.set_allow_schema_change(true);
   if (a.bools.count("--no-verify")) req.set_verify_checksums(false);
+  if (a.Has("--wait")) {
+    const std::string w = a.Get("--wait");
+    if (w != "true" && w != "false") return Fail(absl::InvalidArgumentError("--wait: expected true or false"));
+    if (a.bools.count("--no-wait") && w == "true") {
+      return Fail(absl::InvalidArgumentError("--wait true and --no-wait contradict each other"));
+    }
+    req.set_wait(w == "true");
+  }
+  if (a.bools.count("--no-wait")) req.set_wait(false);
   if (a.Has("--rate-limit")) {
     auto b = base::ParseBytes(a.Get("--rate-limit"));
     if (!b.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--rate-limit: ", b.status().message())));

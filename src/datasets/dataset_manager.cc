@@ -100,6 +100,15 @@ absl::Status Errno(absl::string_view what, const std::string& path, int err) {
   return absl::InternalError(msg);
 }
 
+// A std::filesystem error: disk full (or over quota) is RESOURCE_EXHAUSTED like every other
+// disk-full error of a load.
+absl::Status FsError(absl::string_view what, const std::string& path, const std::error_code& ec) {
+  if (ec.category() == std::generic_category() || ec.category() == std::system_category()) {
+    return Errno(what, path, ec.value());
+  }
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", ec.message()));
+}
+
 // Copies src to dst (created), computing the CRC-32C of what it reads; fsyncs dst.
 absl::StatusOr<storage::FileDigest> CopyFile(const std::string& src, const std::string& dst,
                                              storage::IoThrottle* throttle, const storage::CancelFn& cancelled) {
@@ -111,9 +120,15 @@ absl::StatusOr<storage::FileDigest> CopyFile(const std::string& src, const std::
     ::close(in);
     return Errno("creating", dst, err);
   }
+  // Like the checksum pass: 1 MiB reads without readahead, so the copy never queues megabytes
+  // ahead of the readers; and the copy is written back as it goes (at most 8 MiB dirty), rather than
+  // in one burst at the fsync.
+  ::posix_fadvise(in, 0, 0, POSIX_FADV_RANDOM);
   const size_t chunk = throttle != nullptr && throttle->rate() > 0
                            ? std::clamp<size_t>(throttle->rate() / 16, 16 << 10, 1 << 20)
                            : 1 << 20;
+  constexpr uint64_t kWriteBackBytes = 8 << 20;
+  uint64_t written_back = 0;
   std::unique_ptr<char[]> buf(new char[chunk]);
   storage::FileDigest d;
   absl::Status st;
@@ -141,6 +156,17 @@ absl::StatusOr<storage::FileDigest> CopyFile(const std::string& src, const std::
         break;
       }
       done += static_cast<size_t>(w);
+    }
+    if (st.ok() && d.bytes - written_back >= kWriteBackBytes) {
+      // Start writing this step back, and wait for the previous one, so dirty pages stay bounded
+      // (an error here, e.g. ENOSPC on a thin device, is reported by the fsync below).
+      if (written_back > 0) {
+        (void)::sync_file_range(out, 0, static_cast<off_t>(written_back),
+                                SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      }
+      (void)::sync_file_range(out, static_cast<off_t>(written_back), static_cast<off_t>(d.bytes - written_back),
+                              SYNC_FILE_RANGE_WRITE);
+      written_back = d.bytes;
     }
   }
   if (st.ok() && ::fsync(out) != 0) st = Errno("syncing", dst, errno);
@@ -321,6 +347,13 @@ absl::StatusOr<std::unique_ptr<DatasetManager>> DatasetManager::Open(DatasetsOpt
 }
 
 DatasetManager::~DatasetManager() {
+  // Asynchronous loads see stopping_ (their cancel test) and end, failed as cancelled.
+  stopping_.store(true);
+  {
+    absl::MutexLock lock(&async_mu_);
+    for (auto& job : async_loads_) job->thread.join();
+    async_loads_.clear();
+  }
   {
     absl::MutexLock lock(&retired_mu_);
     stop_ = true;
@@ -732,40 +765,76 @@ absl::Status DatasetManager::Load(const v1::LoadVersionRequest& req, const stora
   if (req.path().empty() || req.path()[0] != '/') {
     return absl::InvalidArgumentError("path: the absolute path of a build directory on the server is required");
   }
+  const bool wait = !req.has_wait() || req.wait();
   uint64_t number = 0;
   std::string vdir;
+  absl::Status prepared;
   Counters* counters = CountersFor(req.dataset());  // before mu_ (see RecoverDataset)
   {
     absl::MutexLock lock(&mu_);
+    if (stopping_.load()) return absl::UnavailableError("the server is shutting down");
     Dataset* ds = FindOrCreate(req.dataset(), counters);
     if (ds->loading) {
       return absl::AbortedError(absl::StrCat("dataset \"", req.dataset(), "\": another load is in progress"));
     }
     std::error_code ec;
     fs::create_directories(ds->dir, ec);
-    if (ec) return absl::InternalError(absl::StrCat("creating ", ds->dir, ": ", ec.message()));
+    if (ec) return FsError("creating", ds->dir, ec);
     number = ds->next;
+    // Until NEXT is durable the number is not taken: a failure here (e.g. a full disk) rejects the
+    // request and changes nothing.
     RETURN_IF_ERROR(WriteFileAtomic(ds->dir + "/NEXT", absl::StrCat(number + 1, "\n")));
     ds->next = number + 1;
     vdir = ds->VersionDir(number);
-    fs::remove_all(vdir, ec);
-    fs::create_directories(vdir, ec);
-    if (ec) return absl::InternalError(absl::StrCat("creating ", vdir, ": ", ec.message()));
     VersionRecord r;
     r.number = number;
     r.state = State::kBuilding;
     r.source = req.path();
     r.loaded_at = NowRfc3339();
-    RETURN_IF_ERROR(PersistState(*ds, r));
     ds->versions[number] = std::move(r);
     ds->loading = true;
+    // From here on the version exists: a failure marks it failed with the reason.
+    fs::remove_all(vdir, ec);
+    fs::create_directories(vdir, ec);
+    prepared = ec ? FsError("creating", vdir, ec) : PersistState(*ds, ds->versions.at(number));
     Publish();
+    if (!wait && prepared.ok()) FillInfo(*ds, ds->versions.at(number), resp->mutable_version());
   }
-  spdlog::info("dataset {}: loading version {} from {}", req.dataset(), number, req.path());
+  if (!prepared.ok()) {
+    return Complete(req, number, vdir, counters, start, prepared, cancelled, resp);
+  }
+  spdlog::info("dataset {}: loading version {} from {}{}", req.dataset(), number, req.path(),
+               wait ? "" : " (asynchronously)");
+  if (wait) return Complete(req, number, vdir, counters, start, absl::OkStatus(), cancelled, resp);
 
+  // Asynchronous: the load continues on a thread of the manager's, not tied to the call (its caller
+  // polls ListVersions); it stops only when the manager closes.
+  absl::MutexLock lock(&async_mu_);
+  for (auto it = async_loads_.begin(); it != async_loads_.end();) {
+    if ((*it)->done.load()) {
+      (*it)->thread.join();
+      it = async_loads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto job = std::make_unique<AsyncLoad>();
+  AsyncLoad* j = job.get();
+  j->thread = std::thread([this, j, req, number, vdir, counters, start] {
+    v1::LoadVersionResponse r;
+    (void)Complete(req, number, vdir, counters, start, absl::OkStatus(), [this] { return stopping_.load(); }, &r);
+    j->done.store(true);
+  });
+  async_loads_.push_back(std::move(job));
+  return absl::OkStatus();
+}
+
+absl::Status DatasetManager::Complete(const v1::LoadVersionRequest& req, uint64_t number, const std::string& vdir,
+                                      Counters* counters, Clock::time_point start, absl::Status st,
+                                      const storage::CancelFn& cancelled, v1::LoadVersionResponse* resp) {
   std::shared_ptr<const Version> version;
   std::string note;
-  absl::Status st = DoLoad(req.dataset(), number, vdir, req, cancelled, &version, resp, &note);
+  if (st.ok()) st = DoLoad(req.dataset(), number, vdir, req, cancelled, &version, resp, &note);
 
   absl::MutexLock lock(&mu_);
   Dataset* ds = datasets_.at(req.dataset()).get();
@@ -785,15 +854,16 @@ absl::Status DatasetManager::Load(const v1::LoadVersionRequest& req, const stora
   }
   if (!st.ok()) {
     r.state = State::kFailed;
-    r.failure = std::string(st.message());
+    r.failure = absl::StrCat(absl::StatusCodeToString(st.code()), ": ", st.message());
     r.open.reset();
+    version.reset();  // closes the store (if it was opened) before its files are removed
     std::error_code ec;
     fs::remove_all(vdir + "/db", ec);
     fs::remove_all(vdir + "/staging", ec);
     absl::Status ps = PersistState(*ds, r);
     if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", ds->name, number, ps.ToString());
     counters->loads_failed->Inc();
-    spdlog::warn("dataset {}: version {} failed: {}", ds->name, number, std::string(st.message()));
+    spdlog::warn("dataset {}: version {} failed: {}", ds->name, number, r.failure);
     Publish();
     Retain(ds, number);
     return absl::Status(st.code(), absl::StrCat("dataset \"", ds->name, "\" version ", number, " failed: ", st.message()));
@@ -849,10 +919,13 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
                                                               : options_.load_rate_limit;
   storage::IoThrottle throttle(rate);
   const bool verify = req.has_verify_checksums() ? req.verify_checksums() : options_.verify_checksums;
+  const bool warm = req.has_warm() ? req.warm() : options_.warm_up;
+  // With warm-up asked for, the checksum pass reads through the page cache and is the warm-up too.
+  const storage::ReadMode verify_mode = warm ? storage::ReadMode::kCached : storage::ReadMode::kDirect;
   const std::string staging = vdir + "/staging";
   std::error_code ec;
   fs::create_directories(staging, ec);
-  if (ec) return absl::InternalError(absl::StrCat("creating ", staging, ": ", ec.message()));
+  if (ec) return FsError("creating", staging, ec);
   std::vector<std::string> staged(m.files.size());
   std::vector<absl::Status> results(m.files.size());
   std::atomic<bool> all_linked{true};
@@ -877,7 +950,12 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
         staged[i] = dst;
         return absl::OkStatus();
       }
-      ASSIGN_OR_RETURN(d, storage::DigestFile(dst, &throttle, cancelled));
+      // Cached ranges from the page cache, the rest with O_DIRECT (unless warming), without
+      // readahead, 256 KiB at a time and one disk read at a time for the whole load (the throttle's
+      // gate): the pass leaves the page cache as it found it and never queues more than 256 KiB
+      // ahead of the readers' 4 KiB reads. (Buffered sequential reads queued megabytes of readahead
+      // and raised the readers' p99 from ~4 ms to 60-270 ms; see docs/benchmarks.md.)
+      ASSIGN_OR_RETURN(d, storage::DigestFile(dst, &throttle, cancelled, verify_mode));
     } else if (errno == EXDEV || errno == EPERM || errno == EMLINK || errno == ENOTSUP || errno == EOPNOTSUPP) {
       all_linked = false;
       ASSIGN_OR_RETURN(d, CopyFile(src, dst, &throttle, cancelled));
@@ -952,8 +1030,8 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   if (is_cancelled()) return absl::CancelledError("the load was cancelled");
 
   // 4. Warm the page cache.
-  const bool warm = req.has_warm() ? req.warm() : options_.warm_up;
-  if (warm) {
+  // (A verified load was warmed by its checksum pass.)
+  if (warm && !verify) {
     const auto warm_start = Clock::now();
     absl::Status warmed;
     std::thread t([&] {

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -83,10 +84,18 @@ class DatasetManager {
   absl::Status MultiGet(const v1::DatasetMultiGetRequest& req, v1::DatasetMultiGetResponse* resp);
 
   // Loads the build at req.path() as a new version (see the class comment). A load that fails
-  // after it was accepted leaves a FAILED version with the reason and returns that reason:
-  // FAILED_PRECONDITION (no or bad manifest, missing file, wrong dataset or schema), DATA_LOSS (size
-  // or checksum mismatch), RESOURCE_EXHAUSTED (disk full), CANCELLED (`cancelled` returned true).
-  // The current version keeps serving throughout.
+  // after it was accepted leaves a FAILED version whose `failure` starts with the status code, and
+  // returns that status: FAILED_PRECONDITION (no or bad manifest, missing file, wrong dataset or
+  // schema), DATA_LOSS (size or checksum mismatch), RESOURCE_EXHAUSTED (disk full: copying, linking,
+  // RocksDB's own files or the version's state), CANCELLED (`cancelled` returned true). A request
+  // rejected before a version number was taken (bad arguments, another load of the dataset in
+  // progress: ABORTED, NEXT not writable) changes nothing. The current version keeps serving
+  // throughout.
+  //
+  // req.wait() false: returns as soon as the version exists (resp->version() in state BUILDING);
+  // the load continues on a thread of the manager's, ignores `cancelled`, and is cancelled only when
+  // the manager closes. Its outcome shows in ListVersions (READY/CURRENT, or FAILED with the reason)
+  // and in the metrics. Errors returned are those of the request itself.
   absl::Status Load(const v1::LoadVersionRequest& req, const storage::CancelFn& cancelled,
                     v1::LoadVersionResponse* resp);
   absl::Status ListVersions(const v1::ListVersionsRequest& req, v1::ListVersionsResponse* resp);
@@ -122,6 +131,11 @@ class DatasetManager {
   void Retire(Dataset* ds, uint64_t number) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status PersistState(const Dataset& ds, const VersionRecord& r);
   void FillInfo(const Dataset& ds, const VersionRecord& r, v1::VersionInfo* out) const;
+  // The rest of a load once its version exists: DoLoad (unless `st` is already an error), then the
+  // state change, the swap, and on failure the FAILED record.
+  absl::Status Complete(const v1::LoadVersionRequest& req, uint64_t number, const std::string& vdir,
+                        Counters* counters, std::chrono::steady_clock::time_point start, absl::Status st,
+                        const storage::CancelFn& cancelled, v1::LoadVersionResponse* resp);
   absl::Status DoLoad(const std::string& name, uint64_t number, const std::string& vdir,
                       const v1::LoadVersionRequest& req, const storage::CancelFn& cancelled,
                       std::shared_ptr<const Version>* out, v1::LoadVersionResponse* resp, std::string* source_note);
@@ -140,6 +154,15 @@ class DatasetManager {
   absl::Mutex counters_mu_;
   std::map<std::string, std::unique_ptr<Counters>> counters_ ABSL_GUARDED_BY(counters_mu_);
   base::Counter* corrupt_values_ = nullptr;
+
+  // Asynchronous loads (LoadVersion with wait false); finished ones are joined by the next one.
+  struct AsyncLoad {
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  std::atomic<bool> stopping_{false};
+  absl::Mutex async_mu_;
+  std::vector<std::unique_ptr<AsyncLoad>> async_loads_ ABSL_GUARDED_BY(async_mu_);
 
   // Versions no longer reachable from the View, waiting for their last reader.
   absl::Mutex retired_mu_;

@@ -1,9 +1,15 @@
 #include "datasets/dataset_manager.h"
 
+#include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -88,6 +94,14 @@ class DatasetManagerTest : public ::testing::Test {
     return v1::VERSION_STATE_UNSPECIFIED;
   }
 
+  std::string FailureOf(uint64_t v) {
+    const v1::DatasetInfo info = Info();
+    for (const auto& vi : info.versions()) {
+      if (vi.version() == v) return vi.failure();
+    }
+    return "(no version " + std::to_string(v) + ")";
+  }
+
   TempDir dir_;
   std::unique_ptr<base::MetricsRegistry> metrics_;
   std::unique_ptr<DatasetManager> manager_;
@@ -160,9 +174,15 @@ TEST_F(DatasetManagerTest, CopiesAcrossFilesystemsAndWarmsWhenAsked) {
   req.set_warm(true);
   v1::LoadVersionResponse resp;
   absl::Status s = manager_->Load(req, nullptr, &resp);
-  fs::remove_all(shm_dir);  // the version holds its own copies
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_FALSE(resp.linked());
+  EXPECT_EQ(resp.warm_seconds(), 0) << "a verified load is warmed by its checksum pass";
+  EXPECT_EQ(Read("k299"), "S:k299");
+  // Without verification, warming is a pass of its own.
+  req.set_verify_checksums(false);
+  s = manager_->Load(req, nullptr, &resp);
+  fs::remove_all(shm_dir);  // the versions hold their own copies
+  ASSERT_TRUE(s.ok()) << s;
   EXPECT_GT(resp.warm_seconds(), 0);
   EXPECT_EQ(Read("k299"), "S:k299");
 }
@@ -371,6 +391,190 @@ TEST_F(DatasetManagerTest, CancelledLoadFailsAndConcurrentLoadsAreRefused) {
   EXPECT_EQ(Read("k1"), "A:k1");
   done = true;
   slow.join();
+}
+
+// --- asynchronous loads -------------------------------------------------------------------------------
+
+TEST_F(DatasetManagerTest, AsynchronousLoadReturnsAtOnceAndFinishesInTheBackground) {
+  std::string a = BuildBytes("a", "A");
+  ASSERT_TRUE(Load(a).ok());
+  std::string big = BuildBytes("big", "G", 20000);
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(big);
+  req.set_wait(false);
+  req.set_rate_limit_bytes_per_second(512 << 10);  // holds the load for about a second
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(manager_->Load(req, [] { return true; }, &resp).ok()) << "an async load ignores the caller's cancel";
+  EXPECT_EQ(resp.version().version(), 2u);
+  EXPECT_EQ(resp.version().state(), v1::VERSION_BUILDING);
+  EXPECT_EQ(resp.total_seconds(), 0);
+  EXPECT_EQ(Read("k1"), "A:k1") << "the current version serves while the load runs";
+  EXPECT_EQ(Load(a).code(), absl::StatusCode::kAborted) << "one load per dataset at a time";
+  for (int i = 0; i < 1000 && StateOf(2) != v1::VERSION_CURRENT; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(StateOf(2), v1::VERSION_CURRENT);
+  EXPECT_EQ(Read("k19999"), "G:k19999");
+
+  // A failing async load: FAILED with the reason, visible in the list; the current version serves.
+  std::string c = BuildBytes("c", "C");
+  auto m = ReadBuildManifest(c);
+  {
+    std::fstream f(c + "/" + m->files[0].name, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.write("\x01\x02\x03", 3);
+  }
+  req.set_path(c);
+  req.clear_rate_limit_bytes_per_second();
+  ASSERT_TRUE(manager_->Load(req, nullptr, &resp).ok());
+  EXPECT_EQ(resp.version().version(), 3u);
+  for (int i = 0; i < 1000 && StateOf(3) != v1::VERSION_FAILED; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(StateOf(3), v1::VERSION_FAILED);
+  EXPECT_EQ(FailureOf(3).rfind("DATA_LOSS: ", 0), 0u) << FailureOf(3);
+  EXPECT_EQ(Read("k1"), "G:k1");
+}
+
+TEST_F(DatasetManagerTest, ClosingTheManagerCancelsAsynchronousLoads) {
+  std::string a = BuildBytes("a", "A");
+  ASSERT_TRUE(Load(a).ok());
+  std::string big = BuildBytes("big", "G", 20000);
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(big);
+  req.set_wait(false);
+  req.set_rate_limit_bytes_per_second(64 << 10);  // would take many seconds
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(manager_->Load(req, nullptr, &resp).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto start = std::chrono::steady_clock::now();
+  Reopen();  // closes the manager: the load is cancelled, not waited for
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_EQ(Read("k1"), "A:k1");
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000002/db")));
+}
+
+// --- disk full ------------------------------------------------------------------------------------------
+
+// A small tmpfs mounted under the test's own directory (we may run as root); unmounted, with the
+// manager closed first, when it goes out of scope. Tests skip where mounting is not permitted. (A
+// test process killed before that leaves the tmpfs, at most 8 MiB, mounted at
+// /tmp/kosh-ds-*/small: unmount it by hand.)
+class SmallTmpfs {
+ public:
+  SmallTmpfs(const std::string& path, uint64_t bytes, std::unique_ptr<DatasetManager>* manager)
+      : path_(path), manager_(manager) {
+    fs::create_directories(path_);
+    std::string opts = absl::StrCat("size=", bytes, ",mode=0755");
+    if (::mount("tmpfs", path_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) == 0) {
+      mounted_ = true;
+    } else {
+      error_ = std::strerror(errno);
+    }
+  }
+  ~SmallTmpfs() {
+    if (!mounted_) return;
+    manager_->reset();
+    if (::umount2(path_.c_str(), 0) != 0) ::umount2(path_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+
+  // Fills the filesystem so that only `keep` bytes stay free (Release() undoes it).
+  void FillLeaving(uint64_t keep) {
+    Release();
+    struct statvfs sv;
+    ASSERT_EQ(::statvfs(path_.c_str(), &sv), 0);
+    const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
+    if (avail <= keep) return;
+    int fd = ::open((path_ + "/filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::posix_fallocate(fd, 0, static_cast<off_t>(avail - keep)), 0);
+    ::close(fd);
+  }
+  void Release() { ::unlink((path_ + "/filler").c_str()); }
+
+ private:
+  std::string path_;
+  std::unique_ptr<DatasetManager>* manager_;
+  bool mounted_ = false;
+  std::string error_;
+};
+
+TEST_F(DatasetManagerTest, DiskFullWhileCopyingFailsTheVersionAndKeepsServing) {
+  SmallTmpfs tmpfs(dir_.File("small"), 2 << 20, &manager_);
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.error() << ")";
+  DatasetsOptions o;
+  o.root = dir_.File("small/root");
+  Reopen(o);
+  // The builds live on the test directory's filesystem: loading copies them into the tmpfs.
+  std::string a = BuildBytes("a", "A", 300);
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(Load(a, "ds", true, &resp).ok());
+  EXPECT_FALSE(resp.linked());
+  std::string big = BuildBytes("big", "G", 300000);  // several MB of files: does not fit
+  absl::Status s = Load(big);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("No space left on device"), std::string::npos) << s;
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_EQ(FailureOf(2).rfind("RESOURCE_EXHAUSTED: ", 0), 0u) << FailureOf(2);
+  EXPECT_EQ(Read("k1"), "A:k1");
+  EXPECT_EQ(Info().current_version(), 1u);
+  // The failed version's copies are gone, so the space is back: a load that fits works.
+  EXPECT_FALSE(fs::exists(dir_.File("small/root/ds/v00000002/staging")));
+  ASSERT_TRUE(Load(a).ok());
+  EXPECT_EQ(Info().current_version(), 3u);
+}
+
+TEST_F(DatasetManagerTest, DiskFullAtAnyStepOfALoadFailsItCleanly) {
+  SmallTmpfs tmpfs(dir_.File("small"), 8 << 20, &manager_);
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.error() << ")";
+  DatasetsOptions o;
+  o.root = dir_.File("small/root");
+  o.keep_failed = 100;
+  Reopen(o);
+  // Builds on the tmpfs itself, so that a load hard-links them (no data bytes written) and the
+  // full disk hits the load's own small files: NEXT, state.json, manifest.json, RocksDB's files.
+  fs::create_directories(dir_.File("small/builds"));
+  std::string a = BuildBytes("small/builds/a", "A", 300);
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(Load(a, "ds", true, &resp).ok());
+  EXPECT_TRUE(resp.linked());
+  std::string b = BuildBytes("small/builds/b", "B", 300);
+
+  // Free space from 0 up, one page at a time, until the load fits. Every failure must be
+  // RESOURCE_EXHAUSTED, leave version 1 serving, and (once a version number was taken) list the
+  // version as FAILED with that reason.
+  bool loaded = false, rocksdb_failed = false;
+  int failures = 0;
+  for (uint64_t free_pages = 0; free_pages <= 64 && !loaded; ++free_pages) {
+    tmpfs.FillLeaving(free_pages * 4096);
+    absl::Status s = Load(b);
+    tmpfs.Release();
+    if (s.ok()) {
+      loaded = true;
+      break;
+    }
+    ++failures;
+    ASSERT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << "with " << free_pages << " free pages: " << s;
+    EXPECT_EQ(Read("k1"), "A:k1");
+    if (s.message().find("/db") != std::string::npos) rocksdb_failed = true;
+    const v1::DatasetInfo info = Info();
+    EXPECT_EQ(info.current_version(), 1u);
+    if (s.message().find("version ") != std::string::npos) {  // a version was allocated: it failed
+      ASSERT_GT(info.versions_size(), 0);
+      const v1::VersionInfo& newest = info.versions(0);
+      EXPECT_EQ(newest.state(), v1::VERSION_FAILED);
+      EXPECT_EQ(newest.failure().rfind("RESOURCE_EXHAUSTED: ", 0), 0u) << newest.failure();
+    }
+  }
+  EXPECT_TRUE(loaded) << "64 free pages should be enough for a 300-row version";
+  EXPECT_GT(failures, 0);
+  EXPECT_TRUE(rocksdb_failed) << "no step failed inside RocksDB (its files)";
+  EXPECT_EQ(Read("k1"), "B:k1");
 }
 
 TEST_F(DatasetManagerTest, RequestErrorsNameTheField) {

@@ -297,9 +297,14 @@ absl::StatusOr<Manifest> ReadBuildManifest(const std::string& dir) {
 }
 
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view content) {
+  // Disk full (or over quota) is RESOURCE_EXHAUSTED wherever it strikes: creating, writing, syncing.
+  auto error = [](absl::string_view what, const std::string& p, int err) {
+    std::string msg = absl::StrCat(what, " ", p, ": ", std::strerror(err));
+    return err == ENOSPC || err == EDQUOT ? absl::ResourceExhaustedError(msg) : absl::InternalError(msg);
+  };
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("creating ", tmp, ": ", std::strerror(errno)));
+  if (fd < 0) return error("creating", tmp, errno);
   size_t done = 0;
   while (done < content.size()) {
     ssize_t w = ::write(fd, content.data() + done, content.size() - done);
@@ -308,8 +313,7 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view content)
       int err = errno;
       ::close(fd);
       ::unlink(tmp.c_str());
-      std::string msg = absl::StrCat("writing ", tmp, ": ", std::strerror(err));
-      return err == ENOSPC ? absl::ResourceExhaustedError(msg) : absl::InternalError(msg);
+      return error("writing", tmp, err);
     }
     done += static_cast<size_t>(w);
   }
@@ -317,13 +321,13 @@ absl::Status WriteFileAtomic(const std::string& path, absl::string_view content)
     int err = errno;
     ::close(fd);
     ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("syncing ", tmp, ": ", std::strerror(err)));
+    return error("syncing", tmp, err);
   }
   ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     ::unlink(tmp.c_str());
-    return absl::InternalError(absl::StrCat("renaming ", tmp, ": ", std::strerror(err)));
+    return error("renaming", tmp, err);
   }
   std::string dir = std::filesystem::path(path).parent_path().string();
   return storage::SyncDir(dir.empty() ? "." : dir);

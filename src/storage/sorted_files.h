@@ -29,16 +29,23 @@ namespace kosh::storage {
 // Uses the SSE4.2 instruction when the CPU has it. Thread-safe.
 uint32_t Crc32c(uint32_t crc, const void* data, size_t n);
 
-// A token bucket for disk I/O shared by threads: Acquire(n) returns once n more bytes may be
-// transferred at the configured rate (bursts up to 1/10 s worth of bytes). 0 = unlimited.
+// The disk budget of one background job (a load), shared by its threads:
+//  - a rate: Acquire(n) returns once n more bytes may be transferred at the configured rate
+//    (bursts up to 1/10 s worth of bytes); 0 = unlimited;
+//  - a depth: DigestFile(kDirect) holds disk_gate() around each read that goes to the disk, so the
+//    job never has more than one read at the device however many threads it runs (reads served
+//    from the page cache run in parallel). Other readers of the disk then wait behind at most one
+//    of the job's reads.
 class IoThrottle {
  public:
   explicit IoThrottle(uint64_t bytes_per_second) : rate_(bytes_per_second) {}
   void Acquire(uint64_t bytes);
   uint64_t rate() const { return rate_; }
+  absl::Mutex* disk_gate() { return &gate_; }
 
  private:
   const uint64_t rate_;
+  absl::Mutex gate_;
   absl::Mutex mu_;
   double available_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_ns_ ABSL_GUARDED_BY(mu_) = 0;
@@ -52,11 +59,24 @@ struct FileDigest {
   uint32_t crc32c = 0;
 };
 
+// How DigestFile reads. In both modes readahead is off; ranges already in the page cache are read
+// from it in 1 MiB steps (no I/O), the others in 256 KiB steps (smaller when throttled), one at a
+// time per IoThrottle (see there), so at most 256 KiB of a pass over gigabytes is ever queued at the
+// disk ahead of other readers. (The kernel's sequential readahead queued megabytes; the datasets
+// section of docs/benchmarks.md shows what that did to readers' latency.)
+enum class ReadMode {
+  // Disk reads go through the page cache: the file's pages are cached afterwards (warming).
+  kCached,
+  // Disk reads use O_DIRECT: the pass neither fills nor churns the page cache. Falls back to kCached
+  // where the filesystem refuses O_DIRECT.
+  kDirect,
+};
+
 // Reads the whole file at `path` and returns its size and CRC-32C. NOT_FOUND if it does not exist,
 // CANCELLED if `cancelled` returns true between reads, other errors name the path. `throttle` may
 // be null.
 absl::StatusOr<FileDigest> DigestFile(const std::string& path, IoThrottle* throttle = nullptr,
-                                      const CancelFn& cancelled = nullptr);
+                                      const CancelFn& cancelled = nullptr, ReadMode mode = ReadMode::kCached);
 
 enum class Compression { kNone, kLz4, kZstd };
 // "none", "lz4", "zstd"; INVALID_ARGUMENT otherwise.
