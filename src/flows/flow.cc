@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/config.h"
+#include "base/graph.h"
 #include "base/status.h"
 #include "features/codec.h"
 #include "features/schema_yaml.h"
@@ -564,60 +565,21 @@ class Compiler {
     return absl::OkStatus();
   }
 
-  // Topological levels (Kahn); a leftover component is on a cycle.
+  // Topological levels; a component left out of them is on or behind a cycle.
   absl::Status Stage() {
-    const size_t n = f_->components.size();
-    std::vector<int> indegree(n, 0);
-    std::vector<std::vector<int>> users(n);
-    for (size_t i = 0; i < n; ++i) {
-      for (int d : f_->components[i].deps) {
-        ++indegree[i];
-        users[d].push_back(static_cast<int>(i));
-      }
-    }
-    std::vector<int> ready;
-    for (size_t i = 0; i < n; ++i) {
-      if (indegree[i] == 0) ready.push_back(static_cast<int>(i));
-    }
-    size_t placed = 0;
-    while (!ready.empty()) {
-      std::sort(ready.begin(), ready.end());
-      f_->stages.push_back(ready);
-      std::vector<int> next;
-      for (int c : ready) {
-        f_->components[c].stage = static_cast<int>(f_->stages.size()) - 1;
-        ++placed;
-        for (int u : users[c]) {
-          if (--indegree[u] == 0) next.push_back(u);
-        }
-      }
-      ready = std::move(next);
-    }
-    if (placed != n) {
-      // Name one cycle: walk dependencies from a leftover component until a repeat.
-      int start = -1;
-      for (size_t i = 0; i < n; ++i) {
-        if (indegree[i] > 0) start = static_cast<int>(i);
-      }
-      std::vector<int> path;
-      std::vector<int> seen_at(n, -1);
-      int cur = start;
-      while (seen_at[cur] < 0) {
-        seen_at[cur] = static_cast<int>(path.size());
-        path.push_back(cur);
-        for (int d : f_->components[cur].deps) {
-          if (indegree[d] > 0) {
-            cur = d;
-            break;
-          }
-        }
-      }
+    std::vector<std::vector<int>> deps;
+    for (const auto& c : f_->components) deps.push_back(c.deps);
+    base::TopoLevels topo = base::TopologicalLevels(deps);
+    if (!topo.cycle.empty()) {
       std::vector<std::string> names;
-      for (size_t k = seen_at[cur]; k < path.size(); ++k) names.push_back(f_->components[path[k]].name);
-      std::reverse(names.begin(), names.end());
-      names.push_back(names.front());
-      return absl::InvalidArgumentError(absl::StrCat("components[", start, "] (", f_->components[start].name,
+      for (int c : topo.cycle) names.push_back(f_->components[c].name);
+      const int at = topo.cycle.front();
+      return absl::InvalidArgumentError(absl::StrCat("components[", at, "] (", f_->components[at].name,
                                                      "): dependency cycle: ", absl::StrJoin(names, " -> ")));
+    }
+    f_->stages = std::move(topo.levels);
+    for (size_t s = 0; s < f_->stages.size(); ++s) {
+      for (int c : f_->stages[s]) f_->components[c].stage = static_cast<int>(s);
     }
     // Per-row-ness flows along dependencies, stage by stage.
     for (const auto& stage : f_->stages) {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/config.h"
+#include "base/graph.h"
 #include "base/status.h"
 #include "features/registry.h"
 
@@ -206,60 +207,27 @@ class Compiler {
     return d;
   }
 
-  // Topological levels (Kahn); a leftover node is on a cycle.
+  // Topological levels; a node left out of them is on or behind a cycle.
   absl::Status Stage() {
     const size_t n = p_->nodes.size();
-    std::vector<int> indegree(n, 0);
+    std::vector<std::vector<int>> deps(n);
     for (size_t i = 0; i < n; ++i) {
-      for (int d : Deps(static_cast<int>(i))) {
-        ++indegree[i];
-        p_->nodes[d].consumers.push_back(static_cast<int>(i));
-      }
+      deps[i] = Deps(static_cast<int>(i));
+      for (int d : deps[i]) p_->nodes[d].consumers.push_back(static_cast<int>(i));
     }
-    std::vector<int> left = indegree;
-    std::vector<int> ready;
-    for (size_t i = 0; i < n; ++i) {
-      if (left[i] == 0) ready.push_back(static_cast<int>(i));
+    base::TopoLevels topo = base::TopologicalLevels(deps);
+    if (!topo.cycle.empty()) {
+      std::vector<std::string> names;
+      for (int c : topo.cycle) names.push_back(p_->nodes[c].name);
+      const int at = topo.cycle.front();
+      return absl::InvalidArgumentError(
+          absl::StrCat("nodes[", at, "] (", p_->nodes[at].name, "): dependency cycle: ", absl::StrJoin(names, " -> ")));
     }
-    size_t placed = 0;
-    while (!ready.empty()) {
-      std::sort(ready.begin(), ready.end());
-      p_->stages.push_back(ready);
-      std::vector<int> next;
-      for (int c : ready) {
-        p_->nodes[c].stage = static_cast<int>(p_->stages.size()) - 1;
-        ++placed;
-        for (int u : p_->nodes[c].consumers) {
-          if (--left[u] == 0) next.push_back(u);
-        }
-      }
-      ready = std::move(next);
+    p_->stages = std::move(topo.levels);
+    for (size_t s = 0; s < p_->stages.size(); ++s) {
+      for (int c : p_->stages[s]) p_->nodes[c].stage = static_cast<int>(s);
     }
-    if (placed == n) return absl::OkStatus();
-    // Name one cycle: walk dependencies among the leftovers until a node repeats.
-    int start = -1;
-    for (size_t i = 0; i < n && start < 0; ++i) {
-      if (left[i] > 0) start = static_cast<int>(i);
-    }
-    std::vector<int> path;
-    std::vector<int> seen_at(n, -1);
-    int cur = start;
-    while (seen_at[cur] < 0) {
-      seen_at[cur] = static_cast<int>(path.size());
-      path.push_back(cur);
-      for (int d : Deps(cur)) {
-        if (left[d] > 0) {
-          cur = d;
-          break;
-        }
-      }
-    }
-    std::vector<std::string> names;
-    for (size_t k = seen_at[cur]; k < path.size(); ++k) names.push_back(p_->nodes[path[k]].name);
-    std::reverse(names.begin(), names.end());
-    names.push_back(names.front());
-    return absl::InvalidArgumentError(
-        absl::StrCat("nodes[", cur, "] (", p_->nodes[cur].name, "): dependency cycle: ", absl::StrJoin(names, " -> ")));
+    return absl::OkStatus();
   }
 
   // A node that the output does not (transitively) depend on would run for nothing.
