@@ -103,6 +103,28 @@ absl::Status MissingContext(const std::string& key) {
   return absl::InvalidArgumentError(absl::StrCat("context: missing \"", key, "\""));
 }
 
+// A user's newest `events` events of `types` (merged, newest first), within the last `within_ms`
+// when positive, else regardless of age.
+absl::Status RecentEvents(interactions::InteractionStore* store, const std::string& user,
+                          const std::vector<std::string>& types, int64_t within_ms, uint32_t events,
+                          v1::HistoriesResponse* resp) {
+  if (within_ms > 0) {
+    v1::WindowRequest req;
+    req.add_user_ids(user);
+    for (const auto& t : types) req.add_types(t);
+    req.mutable_range()->set_within_ms(within_ms);
+    req.set_limit(events);
+    req.set_merge_types(true);
+    return store->Window(req, resp);
+  }
+  v1::LastKRequest req;
+  req.add_user_ids(user);
+  for (const auto& t : types) req.add_types(t);
+  req.set_k(events);
+  req.set_merge_types(true);
+  return store->LastK(req, resp);
+}
+
 // Columns an expression (or a weight list) reads, resolved against one input set. "score" is the
 // candidate's score (index -1) unless the set has a column of that name.
 absl::StatusOr<std::vector<int>> ResolveColumns(const CandidateSet& in, const std::vector<std::string>& names) {
@@ -261,22 +283,7 @@ class InteractionCandidates final : public Node {
     const std::string* user = ContextValue(*in.request, c_.user);
     if (user == nullptr) return MissingContext(c_.user);
     v1::HistoriesResponse resp;
-    if (c_.within_ms > 0) {
-      v1::WindowRequest req;
-      req.add_user_ids(*user);
-      for (const auto& t : c_.types) req.add_types(t);
-      req.mutable_range()->set_within_ms(c_.within_ms);
-      req.set_limit(c_.events);
-      req.set_merge_types(true);
-      RETURN_IF_ERROR(store_->Window(req, &resp));
-    } else {
-      v1::LastKRequest req;
-      req.add_user_ids(*user);
-      for (const auto& t : c_.types) req.add_types(t);
-      req.set_k(c_.events);
-      req.set_merge_types(true);
-      RETURN_IF_ERROR(store_->LastK(req, &resp));
-    }
+    RETURN_IF_ERROR(RecentEvents(store_, *user, c_.types, c_.within_ms, c_.events, &resp));
     if (resp.users_size() == 0 || resp.users(0).histories_size() == 0) return absl::OkStatus();
     const v1::History& h = resp.users(0).histories(0);
     const int64_t now_ms = absl::ToUnixMillis(absl::Now());
@@ -614,22 +621,7 @@ class FilterNode final : public Node {
       const std::string* user = ContextValue(*in.request, c_.user);
       if (user == nullptr) return MissingContext(c_.user);
       v1::HistoriesResponse resp;
-      if (c_.within_ms > 0) {
-        v1::WindowRequest req;
-        req.add_user_ids(*user);
-        for (const auto& t : c_.types) req.add_types(t);
-        req.mutable_range()->set_within_ms(c_.within_ms);
-        req.set_limit(c_.events);
-        req.set_merge_types(true);
-        RETURN_IF_ERROR(store_->Window(req, &resp));
-      } else {
-        v1::LastKRequest req;
-        req.add_user_ids(*user);
-        for (const auto& t : c_.types) req.add_types(t);
-        req.set_k(c_.events);
-        req.set_merge_types(true);
-        RETURN_IF_ERROR(store_->LastK(req, &resp));
-      }
+      RETURN_IF_ERROR(RecentEvents(store_, *user, c_.types, c_.within_ms, c_.events, &resp));
       for (const auto& u : resp.users()) {
         for (const auto& h : u.histories()) interacted.insert(h.item_ids().begin(), h.item_ids().end());
       }
