@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/config.h"
+#include "base/status.h"
+#include "cli/flags.h"
 #include "datasets/builder.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -93,20 +95,12 @@ absl::StatusOr<Args> Parse(const std::vector<std::string>& in) {
       a.positional.push_back(s);
       continue;
     }
-    std::string name = s, value;
-    size_t eq = s.find('=');
     if (kBoolFlags.count(s)) {
       a.bools.insert(s);
       continue;
     }
-    if (eq != std::string::npos) {
-      name = s.substr(0, eq);
-      value = s.substr(eq + 1);
-    } else if (i + 1 < in.size()) {
-      value = in[++i];
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(s, ": needs a value"));
-    }
+    std::string name, value;
+    RETURN_IF_ERROR(ReadFlagValue(in, &i, &name, &value));
     if (name == "--server") a.server = value;
     else if (name == "--token") a.token = value;
     else a.flags[name] = value;

@@ -14,6 +14,7 @@
 #include "base/logging.h"
 #include "base/status.h"
 #include "cli/dataset_command.h"
+#include "cli/flags.h"
 #include "features/schema_yaml.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
@@ -131,16 +132,8 @@ absl::StatusOr<ClientFlags> ParseClientFlags(const std::vector<std::string>& arg
     if (a == "--matrix") {
       f.matrix = true;
     } else if (a.rfind("--", 0) == 0) {
-      std::string name = a, value;
-      size_t eq = a.find('=');
-      if (eq != std::string::npos) {
-        name = a.substr(0, eq);
-        value = a.substr(eq + 1);
-      } else if (i + 1 < args.size()) {
-        value = args[++i];
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat(a, ": needs a value"));
-      }
+      std::string name, value;
+      RETURN_IF_ERROR(cli::ReadFlagValue(args, &i, &name, &value));
       if (name == "--server") f.server = value;
       else if (name == "--token") f.token = value;
       else f.flags[name].push_back(value);
