@@ -532,16 +532,9 @@ class Run {
   }
 
   // Points the component's columns at a completed fetch's values.
-  // The columns a feature fetch fills: its own, then those of the components merged into it.
-  std::vector<int> FetchedColumns(const Component& c) const {
-    std::vector<int> cols = c.out_cols;
-    for (int m : c.merged) cols.insert(cols.end(), f_.components[m].out_cols.begin(), f_.components[m].out_cols.end());
-    return cols;
-  }
-
   absl::Status Scatter(const Component& c, const FeatureFetch& job) {
     const v1::RetrieveResponse& resp = *job.resp;
-    const std::vector<int> out_cols = FetchedColumns(c);
+    const std::vector<int>& out_cols = c.fetch_cols;  // its own, then the merged components' (compiled)
     if (resp.columns_size() != static_cast<int>(out_cols.size())) {
       return absl::InternalError(absl::StrCat("the store returned ", resp.columns_size(), " columns, expected ",
                                               out_cols.size()));

@@ -616,6 +616,14 @@ class Compiler {
         }
       }
     }
+    for (auto& c : f_->components) {
+      if (c.kind != Component::Kind::kFeatures || c.merged_into >= 0) continue;
+      c.fetch_cols = c.out_cols;
+      for (int m : c.merged) {
+        const auto& cols = f_->components[m].out_cols;
+        c.fetch_cols.insert(c.fetch_cols.end(), cols.begin(), cols.end());
+      }
+    }
   }
 
   absl::Status ParseOutput(const YAML::Node& node) {

@@ -76,6 +76,7 @@ struct Component {
   // component (the leader) lists the others in `merged`; they point back with `merged_into`.
   std::vector<int> merged;
   int merged_into = -1;
+  std::vector<int> fetch_cols;  // leader: the columns its Retrieve fills (its own, then the merged ones')
   // kInteractions: events of `event_types` (empty = every type) of the user in key_cols[0] within
   // the last `window_ms` (0 = every retained event). Outputs: "<name>.count" (INT64, all such
   // events) and/or "<name>.target_count" (INT64 per row: those whose item_id is the row's target).
