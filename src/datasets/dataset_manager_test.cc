@@ -1,9 +1,7 @@
 #include "datasets/dataset_manager.h"
 
 #include <fcntl.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +14,7 @@
 
 #include "datasets/test_util.h"
 #include "gtest/gtest.h"
+#include "small_tmpfs.h"
 
 namespace kosh::datasets {
 namespace {
@@ -459,53 +458,10 @@ TEST_F(DatasetManagerTest, ClosingTheManagerCancelsAsynchronousLoads) {
 
 // --- disk full ------------------------------------------------------------------------------------------
 
-// A small tmpfs mounted under the test's own directory (we may run as root); unmounted, with the
-// manager closed first, when it goes out of scope. Tests skip where mounting is not permitted. (A
-// test process killed before that leaves the tmpfs, at most 8 MiB, mounted at
-// /tmp/kosh-ds-*/small: unmount it by hand.)
-class SmallTmpfs {
- public:
-  SmallTmpfs(const std::string& path, uint64_t bytes, std::unique_ptr<DatasetManager>* manager)
-      : path_(path), manager_(manager) {
-    fs::create_directories(path_);
-    std::string opts = absl::StrCat("size=", bytes, ",mode=0755");
-    if (::mount("tmpfs", path_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) == 0) {
-      mounted_ = true;
-    } else {
-      error_ = std::strerror(errno);
-    }
-  }
-  ~SmallTmpfs() {
-    if (!mounted_) return;
-    manager_->reset();
-    if (::umount2(path_.c_str(), 0) != 0) ::umount2(path_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& error() const { return error_; }
-
-  // Fills the filesystem so that only `keep` bytes stay free (Release() undoes it).
-  void FillLeaving(uint64_t keep) {
-    Release();
-    struct statvfs sv;
-    ASSERT_EQ(::statvfs(path_.c_str(), &sv), 0);
-    const uint64_t avail = static_cast<uint64_t>(sv.f_bavail) * sv.f_frsize;
-    if (avail <= keep) return;
-    int fd = ::open((path_ + "/filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(::posix_fallocate(fd, 0, static_cast<off_t>(avail - keep)), 0);
-    ::close(fd);
-  }
-  void Release() { ::unlink((path_ + "/filler").c_str()); }
-
- private:
-  std::string path_;
-  std::unique_ptr<DatasetManager>* manager_;
-  bool mounted_ = false;
-  std::string error_;
-};
+// The tmpfs (tests/small_tmpfs.h) closes the manager before it is unmounted.
 
 TEST_F(DatasetManagerTest, DiskFullWhileCopyingFailsTheVersionAndKeepsServing) {
-  SmallTmpfs tmpfs(dir_.File("small"), 2 << 20, &manager_);
+  kosh::testing::SmallTmpfs tmpfs(dir_.File("small"), 2 << 20, [this] { manager_.reset(); });
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.error() << ")";
   DatasetsOptions o;
   o.root = dir_.File("small/root");
@@ -530,7 +486,7 @@ TEST_F(DatasetManagerTest, DiskFullWhileCopyingFailsTheVersionAndKeepsServing) {
 }
 
 TEST_F(DatasetManagerTest, DiskFullAtAnyStepOfALoadFailsItCleanly) {
-  SmallTmpfs tmpfs(dir_.File("small"), 8 << 20, &manager_);
+  kosh::testing::SmallTmpfs tmpfs(dir_.File("small"), 8 << 20, [this] { manager_.reset(); });
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.error() << ")";
   DatasetsOptions o;
   o.root = dir_.File("small/root");
@@ -551,7 +507,7 @@ TEST_F(DatasetManagerTest, DiskFullAtAnyStepOfALoadFailsItCleanly) {
   bool loaded = false, rocksdb_failed = false;
   int failures = 0;
   for (uint64_t free_pages = 0; free_pages <= 64 && !loaded; ++free_pages) {
-    tmpfs.FillLeaving(free_pages * 4096);
+    ASSERT_TRUE(tmpfs.FillLeaving(free_pages * 4096)) << tmpfs.error();
     absl::Status s = Load(b);
     tmpfs.Release();
     if (s.ok()) {

@@ -3,7 +3,9 @@
 #include <filesystem>
 #include <random>
 
+#include "absl/strings/str_format.h"
 #include "gtest/gtest.h"
+#include "small_tmpfs.h"
 
 namespace kosh::storage {
 namespace {
@@ -152,6 +154,65 @@ TEST_P(EngineTest, MergeOnKeyspaceWithoutMergeFnIsRejectedByMemoryEngine) {
   b.Merge(0, "x", "2");
   EXPECT_FALSE(engine_->Write(b).ok());
   EXPECT_FALSE(Get(0, "x").has_value());  // nothing of the batch applied
+}
+
+// A full disk fails writes with RESOURCE_EXHAUSTED instead of aborting the process (RocksDB's
+// messages go to the process log, not to a LOG file whose failed append would abort it), keeps
+// every acknowledged write readable, and once there is space again a reopen finds them all.
+TEST(RocksDbEngine, FullDiskFailsWritesAndLosesNothingAcknowledged) {
+  const std::string base = TempDir();
+  const std::string dir = base + "/small";
+  std::unique_ptr<Engine> engine;
+  {
+    kosh::testing::SmallTmpfs tmpfs(dir, 4 << 20, [&] { engine.reset(); });
+    if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.error() << ")";
+    RocksDbOptions o;
+    o.path = dir + "/db";
+    o.write_buffer_bytes = 1 << 20;
+    auto opened = OpenRocksDb(o, Keyspaces());
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    engine = std::move(*opened);
+
+    std::mt19937_64 rng(7);
+    auto value = [&] {  // 16 KiB that compress poorly
+      std::string v(16 << 10, '\0');
+      for (auto& c : v) c = static_cast<char>(rng());
+      return v;
+    };
+    std::vector<std::string> acked;
+    absl::Status failure;
+    for (int i = 0; i < 2000 && failure.ok(); ++i) {
+      std::string key = absl::StrFormat("k%05d", i);
+      WriteBatch b;
+      b.Put(1, key, value());
+      failure = engine->Write(b);
+      if (failure.ok()) acked.push_back(key);
+    }
+    ASSERT_FALSE(failure.ok()) << "4 MiB never filled up";
+    EXPECT_EQ(failure.code(), absl::StatusCode::kResourceExhausted) << failure;
+    EXPECT_FALSE(acked.empty());
+    // Writes keep failing cleanly; reads keep working.
+    WriteBatch again;
+    again.Put(1, "again", "v");
+    EXPECT_FALSE(engine->Write(again).ok());
+    std::vector<absl::string_view> keys(acked.begin(), acked.end());
+    std::vector<std::optional<std::string>> got;
+    ASSERT_TRUE(engine->MultiGet(1, keys, &got).ok());
+    for (size_t i = 0; i < keys.size(); ++i) EXPECT_TRUE(got[i].has_value()) << keys[i];
+    EXPECT_FALSE(std::filesystem::exists(o.path + "/LOG"));
+
+    // With room again, a reopened engine has every acknowledged write and takes new ones.
+    engine.reset();
+    ASSERT_TRUE(tmpfs.Resize(64 << 20)) << tmpfs.error();
+    opened = OpenRocksDb(o, Keyspaces());
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    engine = std::move(*opened);
+    got.clear();
+    ASSERT_TRUE(engine->MultiGet(1, keys, &got).ok());
+    for (size_t i = 0; i < keys.size(); ++i) EXPECT_TRUE(got[i].has_value()) << keys[i];
+    EXPECT_TRUE(engine->Write(again).ok());
+  }
+  std::filesystem::remove_all(base);
 }
 
 INSTANTIATE_TEST_SUITE_P(Engines, EngineTest, ::testing::Values(true, false),

@@ -1,4 +1,5 @@
 #include <chrono>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "rocksdb/cache.h"
@@ -9,6 +10,7 @@
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
 #include "storage/engine.h"
+#include "storage/rocksdb_logger.h"
 
 namespace kosh::storage {
 namespace {
@@ -197,7 +199,9 @@ absl::StatusOr<std::unique_ptr<Engine>> OpenRocksDb(const RocksDbOptions& option
   dbo.max_background_jobs = options.background_jobs;
   dbo.statistics = stats;
   dbo.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
-  dbo.keep_log_file_num = 3;
+  // Warnings and errors go to the process log, not to a LOG file: a full disk must fail writes,
+  // not abort the process (see NewProcessLogger).
+  dbo.info_log = NewProcessLogger(absl::StrCat("rocksdb ", options.path), rocksdb::InfoLogLevel::WARN_LEVEL);
 
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = cache;
@@ -226,6 +230,9 @@ absl::StatusOr<std::unique_ptr<Engine>> OpenRocksDb(const RocksDbOptions& option
   }
   if (cfs.empty()) cfs.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
 
+  // Created here so that RocksDB does not log an error about the missing directory first.
+  std::error_code ec;
+  std::filesystem::create_directories(options.path, ec);
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(dbo, options.path, cfs, &handles, &raw);

@@ -25,7 +25,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/sst_file_writer.h"
 #include "rocksdb/table.h"
-#include "spdlog/spdlog.h"
+#include "storage/rocksdb_logger.h"
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -136,25 +136,6 @@ class RocksBlockCache final : public BlockCache {
   std::shared_ptr<rocksdb::Cache> cache_;
 };
 
-// RocksDB's messages about a sorted store (warnings and errors only) go to the process log rather
-// than to a LOG file in the store's directory. Besides keeping the directory to the files that
-// matter, this keeps a full disk from crashing the server: Debian's RocksDB 7.8 is built with
-// assertions, and once an append to the LOG file has failed (ENOSPC while the store is being
-// created), the next message aborts the process in WritableFileWriter.
-class ProcessLogger final : public rocksdb::Logger {
- public:
-  explicit ProcessLogger(std::string dir) : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), dir_(std::move(dir)) {}
-  using rocksdb::Logger::Logv;
-  void Logv(const char* format, va_list ap) override {
-    char buf[1024];
-    std::vsnprintf(buf, sizeof(buf), format, ap);
-    spdlog::warn("sorted store {}: {}", dir_, buf);
-  }
-
- private:
-  const std::string dir_;
-};
-
 rocksdb::Options StoreOptions(const SortedStoreOptions& o) {
   rocksdb::Options opts;
   auto* cache = dynamic_cast<RocksBlockCache*>(o.cache.get());
@@ -249,7 +230,8 @@ absl::StatusOr<std::unique_ptr<rocksdb::DB>> OpenDb(const std::string& dir, cons
                                                     bool create) {
   if (o.cache == nullptr) return absl::InvalidArgumentError("SortedStoreOptions.cache is required");
   rocksdb::Options opts = StoreOptions(o);
-  opts.info_log = std::make_shared<ProcessLogger>(dir);
+  // Warnings and errors go to the process log, not to a LOG file (see NewProcessLogger).
+  opts.info_log = NewProcessLogger(absl::StrCat("sorted store ", dir), rocksdb::InfoLogLevel::WARN_LEVEL);
   opts.create_if_missing = create;
   opts.error_if_exists = create;
   rocksdb::DB* raw = nullptr;
