@@ -1,13 +1,14 @@
 // flows_executor_bench: the flow executor in-process, without gRPC, to measure its own overhead.
 //
-//   flows_executor_bench [--iterations N] [--rows N] [--engine memory|rocksdb] [--dir PATH]
+//   flows_executor_bench [--iterations N] [--rows N] [--top-k N] [--engine memory|rocksdb] [--dir PATH]
 //
 // Loads examples/schema.yaml and examples/flows/ranker.yaml (from the source tree), writes 1000
 // users, 10000 products in 50 categories, every (user, category) affinity and 0-19 recent clicks per
 // user into a FeatureStore and an InteractionStore (in-memory engine by default; --engine rocksdb
 // uses a fresh RocksDB under --dir), then runs
 // Executor::Run for a random user and `rows` random products, `iterations` times after a warm-up,
-// on one thread. Reports p50/p99 of the Infer time, of the critical chain of lookups (sum over
+// on one thread, returning the top `top-k` rows (default: every row, as bench/flows_load asks the
+// server for). Reports p50/p99 of the Infer time, of the critical chain of lookups (sum over
 // stages of the slowest component, from the executor's own timings) and of their difference, the
 // executor overhead. Last line: one JSON object.
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/arena.h"
 #include "bench_util.h"
 #include "absl/synchronization/mutex.h"
 #include "base/config.h"
@@ -55,6 +57,7 @@ int main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const int iterations = std::stoi(Arg(argc, argv, "--iterations", "20000"));
   const int rows = std::stoi(Arg(argc, argv, "--rows", "100"));
+  const int top_k = std::stoi(Arg(argc, argv, "--top-k", std::to_string(rows)));
   const std::string engine_kind = Arg(argc, argv, "--engine", "memory");
   const int users = 1000, products = 10000, categories = 50;
 
@@ -164,12 +167,19 @@ int main(int argc, char** argv) {
   int partial = 0;
   const int warmup = std::max(200, iterations / 10);
   for (int it = 0; it < warmup + iterations; ++it) {
-    v1::InferRequest req;
+    // Request and response on one arena per call, as the server's gRPC message allocator does
+    // (src/server/flow_family.cc).
+    google::protobuf::ArenaOptions ao;
+    ao.start_block_size = 16384;
+    ao.max_block_size = 262144;
+    google::protobuf::Arena arena(ao);
+    v1::InferRequest& req = *google::protobuf::Arena::CreateMessage<v1::InferRequest>(&arena);
     req.set_model_id("ranker");
     (*req.mutable_context())["user_id"] = absl::StrCat("u", rng() % users);
     for (int r = 0; r < rows; ++r) req.add_targets(absl::StrCat("p", rng() % products));
+    req.set_top_k(static_cast<uint32_t>(top_k));
     req.set_return_timings(true);
-    v1::InferResponse resp;
+    v1::InferResponse& resp = *google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena);
     auto t0 = std::chrono::steady_clock::now();
     Die(executor.Run(**flow, req, &resp), "infer");
     auto t1 = std::chrono::steady_clock::now();
@@ -187,14 +197,14 @@ int main(int argc, char** argv) {
     chain_us.push_back(static_cast<double>(chain));
     overhead_us.push_back(static_cast<double>(resp.total_micros() - chain));
   }
-  std::printf("engine %s, %d rows, %d iterations, one thread\n", engine_kind.c_str(), rows, iterations);
+  std::printf("engine %s, %d rows, top %d, %d iterations, one thread\n", engine_kind.c_str(), rows, top_k, iterations);
   std::printf("infer us       p50 %8.1f  p99 %8.1f\n", Pct(total_us, 50), Pct(total_us, 99));
   std::printf("chain us       p50 %8.1f  p99 %8.1f\n", Pct(chain_us, 50), Pct(chain_us, 99));
   std::printf("overhead us    p50 %8.1f  p99 %8.1f\n", Pct(overhead_us, 50), Pct(overhead_us, 99));
-  std::printf("{\"engine\": \"%s\", \"rows\": %d, \"iterations\": %d, \"infer_us_p50\": %.1f, \"infer_us_p99\": %.1f, "
+  std::printf("{\"engine\": \"%s\", \"rows\": %d, \"top_k\": %d, \"iterations\": %d, \"infer_us_p50\": %.1f, \"infer_us_p99\": %.1f, "
               "\"chain_us_p50\": %.1f, \"executor_overhead_us_p50\": %.1f, \"executor_overhead_us_p99\": %.1f, "
               "\"partial\": %d}\n",
-              engine_kind.c_str(), rows, iterations, Pct(total_us, 50), Pct(total_us, 99), Pct(chain_us, 50),
+              engine_kind.c_str(), rows, top_k, iterations, Pct(total_us, 50), Pct(total_us, 99), Pct(chain_us, 50),
               Pct(overhead_us, 50), Pct(overhead_us, 99), partial);
   if (!dir.empty()) std::filesystem::remove_all(dir);
   return 0;
