@@ -4,11 +4,14 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "base/status.h"
 #include "datasets/dataset_manager.h"
 #include "features/codec.h"
@@ -75,13 +78,30 @@ double Number(const v1::Value& v) {
   }
 }
 
-// The key-part text of a STRING/INT32/INT64 value; false if it has none.
-bool KeyText(const v1::Value& v, std::string* out) {
+// The key-part text of a STRING/INT32/INT64 value in *out: a STRING is viewed in place, a number is
+// written to *buf first. False if the value has none.
+bool KeyText(const v1::Value& v, std::string* buf, absl::string_view* out) {
   switch (v.kind_case()) {
     case v1::Value::kStringValue: *out = v.string_value(); return !out->empty();
-    case v1::Value::kInt32Value: *out = absl::StrCat(v.int32_value()); return true;
-    case v1::Value::kInt64Value: *out = absl::StrCat(v.int64_value()); return true;
+    case v1::Value::kInt32Value: *buf = absl::StrCat(v.int32_value()); break;
+    case v1::Value::kInt64Value: *buf = absl::StrCat(v.int64_value()); break;
     default: return false;
+  }
+  *out = *buf;
+  return true;
+}
+
+// Copies a value into a message of the response: scalars and strings directly, lists generically.
+void CopyValue(const v1::Value& from, v1::Value* to) {
+  switch (from.kind_case()) {
+    case v1::Value::kBoolValue: to->set_bool_value(from.bool_value()); break;
+    case v1::Value::kInt32Value: to->set_int32_value(from.int32_value()); break;
+    case v1::Value::kInt64Value: to->set_int64_value(from.int64_value()); break;
+    case v1::Value::kFloat32Value: to->set_float32_value(from.float32_value()); break;
+    case v1::Value::kFloat64Value: to->set_float64_value(from.float64_value()); break;
+    case v1::Value::kStringValue: to->set_string_value(from.string_value()); break;
+    case v1::Value::KIND_NOT_SET: break;
+    default: to->CopyFrom(from);
   }
 }
 
@@ -128,10 +148,12 @@ struct FloatVec {
 };
 
 // Arena blocks for one fetch: a 100-key Retrieve response is a few hundred Value messages.
-google::protobuf::ArenaOptions FetchArenaOptions() {
+google::protobuf::ArenaOptions FetchArenaOptions(char* initial_block = nullptr, size_t initial_size = 0) {
   google::protobuf::ArenaOptions o;
   o.start_block_size = 16 << 10;
   o.max_block_size = 256 << 10;
+  o.initial_block = initial_block;
+  o.initial_block_size = initial_size;
   return o;
 }
 
@@ -141,26 +163,39 @@ google::protobuf::ArenaOptions FetchArenaOptions() {
 // them. Shared (shared_ptr) with the worker so an abandoned (timed-out) fetch can finish on its own
 // after the request has returned.
 struct FetchJob {
-  FetchJob() : arena(FetchArenaOptions()) {}
+  FetchJob() : arena(FetchArenaOptions(first_block, sizeof(first_block))) {}
   virtual ~FetchJob() = default;
+  // Runs the lookup; `started` and `ended` time the lookup itself (a component's `micros`).
   void Execute() {
+    started = absl::Now();
     if (delay_ms > 0) absl::SleepFor(absl::Milliseconds(delay_ms));
     status = Do();
+    ended = absl::Now();
   }
   virtual absl::Status Do() = 0;
   // Adds one distinct key (its parts) to the request.
-  virtual void AddKey(const std::vector<std::string>& parts) = 0;
+  virtual void AddKey(absl::Span<const absl::string_view> parts) = 0;
   template <typename M>
   M* New() {
     return google::protobuf::Arena::CreateMessage<M>(&arena);
   }
+  // A copy of `text` that lives as long as the job.
+  absl::string_view Keep(absl::string_view text) {
+    char* p = google::protobuf::Arena::CreateArray<char>(&arena, text.size());
+    std::memcpy(p, text.data(), text.size());
+    return absl::string_view(p, text.size());
+  }
 
+  // The arena's first block, in the job's own allocation: most fetches need no other.
+  alignas(16) char first_block[8 << 10];
   google::protobuf::Arena arena;
   std::vector<int> row_map;  // row -> key index, -1 when a key part is missing
   int num_keys = 0;
   absl::Status status;
   int64_t delay_ms = 0;
   absl::Time deadline = absl::InfiniteFuture();  // of this fetch: min(request deadline, its timeout)
+  absl::Duration prepare;                        // building its keys and request (request thread)
+  absl::Time started, ended;                     // of Execute, set by the thread that ran it
   // Set by whoever runs the fetch: a pool thread, or the request thread when the pool has not
   // started it yet (work stealing: no queueing delay and no wake-up for the request).
   std::atomic<bool> claimed{false};
@@ -170,9 +205,9 @@ struct FeatureFetch final : FetchJob {
   explicit FeatureFetch(features::FeatureStore* s) : store(s), req(New<v1::RetrieveRequest>()),
                                                      resp(New<v1::RetrieveResponse>()) {}
   absl::Status Do() override { return store->Retrieve(*req, resp); }
-  void AddKey(const std::vector<std::string>& parts) override {
+  void AddKey(absl::Span<const absl::string_view> parts) override {
     auto* k = req->add_keys();
-    for (const auto& p : parts) k->add_parts(p);
+    for (absl::string_view p : parts) k->add_parts(p.data(), p.size());
   }
   features::FeatureStore* store;
   v1::RetrieveRequest* req;
@@ -187,9 +222,9 @@ struct InteractionFetch final : FetchJob {
     if (window_req != nullptr) RETURN_IF_ERROR(store->Window(*window_req, window_resp));
     return absl::OkStatus();
   }
-  void AddKey(const std::vector<std::string>& parts) override {
-    if (count_req != nullptr) count_req->add_user_ids(parts[0]);
-    if (window_req != nullptr) window_req->add_user_ids(parts[0]);
+  void AddKey(absl::Span<const absl::string_view> parts) override {
+    if (count_req != nullptr) count_req->add_user_ids(parts[0].data(), parts[0].size());
+    if (window_req != nullptr) window_req->add_user_ids(parts[0].data(), parts[0].size());
   }
   interactions::InteractionStore* store;
   v1::CountRequest* count_req = nullptr;  // when the component outputs `count`
@@ -205,7 +240,7 @@ struct DatasetFetch final : FetchJob {
     if (manager == nullptr) return absl::FailedPreconditionError("this server serves no datasets");
     return manager->MultiGet(*req, resp);
   }
-  void AddKey(const std::vector<std::string>& parts) override { req->add_keys(parts[0]); }
+  void AddKey(absl::Span<const absl::string_view> parts) override { req->add_keys(parts[0].data(), parts[0].size()); }
   datasets::DatasetManager* manager;
   v1::DatasetMultiGetRequest* req;
   v1::DatasetMultiGetResponse* resp;
@@ -218,7 +253,7 @@ struct ModelFetch final : FetchJob {
     ASSIGN_OR_RETURN(scores, client->Score(data.v.data(), static_cast<size_t>(num_keys), width, deadline));
     return absl::OkStatus();
   }
-  void AddKey(const std::vector<std::string>&) override {}
+  void AddKey(absl::Span<const absl::string_view>) override {}
   std::shared_ptr<const ModelClient> client;
   FloatVec data;
   size_t width = 0;
@@ -274,31 +309,39 @@ class Run {
   }
 
   // Fills the de-duplicated key list of a fetch; job->row_map[r] is the key index of row r, or -1
-  // when a key part is missing (its source cell is missing or expired, or empty).
+  // when a key part is missing (its source cell is missing or expired, or empty). Keys are views:
+  // a one-part STRING key is the cell's own text (it outlives the fetch's preparation); numbers
+  // and composite keys are copied to the job's arena once per distinct key.
   void BuildKeys(const Component& c, FetchJob* job) {
     const size_t rows = Rows(c);
+    const size_t nk = c.key_cols.size();
     job->row_map.assign(rows, -1);
-    absl::flat_hash_map<std::string, int> seen;
+    absl::flat_hash_map<absl::string_view, int> seen;
     seen.reserve(rows);
-    std::string key;
-    std::vector<std::string> parts(c.key_cols.size());
+    absl::InlinedVector<absl::string_view, 4> parts(nk);
+    absl::InlinedVector<std::string, 4> bufs(nk);
+    std::string composite;
     for (size_t r = 0; r < rows; ++r) {
-      key.clear();
       bool ok = true;
-      for (size_t k = 0; k < c.key_cols.size() && ok; ++k) {
-        int col = c.key_cols[k];
-        ValueStatus st = S(col, r);
-        ok = (st == v1::PRESENT || st == v1::DEFAULT) && KeyText(V(col, r), &parts[k]);
-        // Length-prefixed so ("a|b", "c") and ("a", "b|c") differ.
-        if (c.key_cols.size() == 1) {
-          key = parts[k];
-        } else {
-          absl::StrAppend(&key, parts[k].size(), ":", parts[k]);
-        }
+      bool in_place = nk == 1;
+      for (size_t k = 0; k < nk && ok; ++k) {
+        const int col = c.key_cols[k];
+        const ValueStatus st = S(col, r);
+        const v1::Value& v = V(col, r);
+        ok = (st == v1::PRESENT || st == v1::DEFAULT) && KeyText(v, &bufs[k], &parts[k]);
+        in_place &= v.kind_case() == v1::Value::kStringValue;
       }
       if (!ok) continue;
-      auto [it, inserted] = seen.try_emplace(key, job->num_keys);
-      if (inserted) {
+      absl::string_view key = parts[0];
+      if (nk > 1) {
+        // Length-prefixed so ("a|b", "c") and ("a", "b|c") differ.
+        composite.clear();
+        for (absl::string_view p : parts) absl::StrAppend(&composite, p.size(), ":", p);
+        key = composite;
+      }
+      auto it = seen.find(key);
+      if (it == seen.end()) {
+        it = seen.emplace(in_place ? key : job->Keep(key), job->num_keys).first;
         job->AddKey(parts);
         ++job->num_keys;
       }
@@ -719,9 +762,12 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       }
       continue;
     }
-    // Fetches: all but one go to the pool, one runs on this thread (no hand-off, no wake-up), then
-    // the others are awaited, each until it completes or its own deadline passes. A fetch with a
-    // test delay always goes to the pool, so that its timeout can be observed.
+    // Fetches: the biggest one and the small ones (at most flows.inline_max_keys keys) run on this
+    // thread. Handing a lookup to a pool thread costs a wake-up, and on a busy machine the woken
+    // thread often preempts this one: for a lookup of a few keys that costs more than the lookup.
+    // The others go to the pool and are awaited, each until it completes or its own deadline
+    // passes; one that no pool thread has started by the time this thread is free runs here. A
+    // fetch with a test delay always goes to the pool, so that its timeout can be observed.
     std::vector<int> fetches;
     for (int ci : stage) {
       if (IsFetch(flow.components[ci]) && flow.components[ci].merged_into < 0) fetches.push_back(ci);
@@ -740,7 +786,9 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     int inline_job = -1;
     for (size_t j = 0; j < nf; ++j) {
       const Component& c = flow.components[fetches[j]];
+      const absl::Time prepare_start = absl::Now();
       jobs[j] = run.Prepare(c, sources_);
+      jobs[j]->prepare = absl::Now() - prepare_start;
       run.outcomes_[fetches[j]].keys = static_cast<uint32_t>(jobs[j]->num_keys);
       jobs[j]->delay_ms = c.test_delay_ms;
       job_deadline[j] = std::min(deadline, stage_start + absl::Milliseconds(c.timeout_ms));
@@ -758,6 +806,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     }
     for (size_t j = 0; j < nf; ++j) {
       if (static_cast<int>(j) == inline_job || jobs[j]->num_keys == 0) continue;
+      if (jobs[j]->delay_ms == 0 && static_cast<uint32_t>(jobs[j]->num_keys) <= options_.inline_max_keys) continue;
       pool_.Schedule([job = jobs[j], sync, j] {
         if (job->claimed.exchange(true, std::memory_order_acq_rel)) return;  // the request thread took it
         job->Execute();
@@ -767,7 +816,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
         sync->cv.SignalAll();
       });
     }
-    // Run the chosen fetch here, then every pooled one that no pool thread has started yet.
+    // Run the chosen fetch here, then every other one that no pool thread has started yet.
     auto run_here = [&](size_t j) {
       jobs[j]->Execute();
       absl::MutexLock l(&sync->mu);
@@ -837,7 +886,9 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
           o.error = std::string(st.message());
           fill_defaults(v1::DEFAULT);
         }
-        took = finished[j] - stage_start;
+        // The component's own work: its keys and request, and its lookup (not the time it waited for
+        // a pool thread, nor other components' work on this thread: that is the executor's).
+        took = jobs[j]->prepare + (jobs[j]->num_keys > 0 ? jobs[j]->ended - jobs[j]->started : absl::ZeroDuration());
       }
       Record(c, &o, took);
       for (int m : c.merged) {
@@ -890,10 +941,11 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
   if (flow.sort_col >= 0) {
     std::vector<double> key(n);
     for (size_t r = 0; r < n; ++r) key[r] = Number(run.V(flow.sort_col, r));
+    // Ties keep the request's order (a stable sort, without its buffer).
     if (flow.descending) {
-      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] > key[b]; });
+      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });
     } else {
-      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] < key[b]; });
+      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); });
     }
     uint32_t k = req.top_k() != 0 ? req.top_k() : flow.top_k;
     if (k != 0 && k < n) order.resize(k);
@@ -924,7 +976,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
     row->mutable_values()->Reserve(ncols);
     row->mutable_statuses()->Reserve(ncols);
     for (int col : flow.output_cols) {
-      *row->add_values() = run.V(col, r);
+      CopyValue(run.V(col, r), row->add_values());
       row->add_statuses(run.S(col, r));
     }
     for (size_t d = 0; d < dense_cols.size(); ++d) {

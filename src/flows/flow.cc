@@ -35,12 +35,16 @@ absl::StatusOr<FlowsOptions> ParseFlowsOptions(const YAML::Node& node) {
   FlowsOptions o;
   if (!node.IsDefined() || node.IsNull()) return o;
   base::YamlReader r(node, "flows");
-  RETURN_IF_ERROR(r.CheckKeys({"threads", "deadline", "component_timeout", "max_targets", "max_config_bytes",
+  RETURN_IF_ERROR(r.CheckKeys({"threads", "inline_max_keys", "deadline", "component_timeout", "max_targets", "max_config_bytes",
                                "max_components", "enable_test_hooks", "files"}));
   int64_t threads = o.threads;
   RETURN_IF_ERROR(r.GetInt("threads", &threads));
   if (threads < 1 || threads > 256) return absl::InvalidArgumentError("flows.threads: must be 1 to 256");
   o.threads = static_cast<int>(threads);
+  uint64_t max_keys = o.inline_max_keys;
+  RETURN_IF_ERROR(r.GetUint("inline_max_keys", &max_keys));
+  if (max_keys > 1000000) return absl::InvalidArgumentError("flows.inline_max_keys: must be 0 to 1000000");
+  o.inline_max_keys = static_cast<uint32_t>(max_keys);
   RETURN_IF_ERROR(r.GetDurationMs("deadline", &o.default_deadline_ms));
   RETURN_IF_ERROR(r.GetDurationMs("component_timeout", &o.default_component_timeout_ms));
   if (o.default_deadline_ms <= 0) return absl::InvalidArgumentError("flows.deadline: must be positive");

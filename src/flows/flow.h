@@ -27,6 +27,7 @@ namespace kosh::flows {
 // The `flows:` section of the server config.
 struct FlowsOptions {
   int threads = 4;                          // fetch threads shared by all requests
+  uint32_t inline_max_keys = 8;             // fetches of at most this many keys run on the request's thread
   int64_t default_deadline_ms = 100;        // per request, unless the flow sets `deadline`
   int64_t default_component_timeout_ms = 50;
   uint32_t max_targets = 1000;              // targets per Infer request

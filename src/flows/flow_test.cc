@@ -494,12 +494,44 @@ TEST_F(FlowTest, BadRequests) {
   EXPECT_NEAR(ok.rows(0).values(Col(ok, "score")).float32_value(), 1 + 5, 1e-4);
 }
 
+// Where a fetch runs (the request's thread or a pool thread) changes nothing in the answer.
+TEST_F(FlowTest, SameMatrixWhetherFetchesRunInlineOrOnThePool) {
+  ASSERT_TRUE(Put(kFlow).ok());
+  std::vector<std::string> targets;
+  for (int i = 0; i < 60; ++i) targets.push_back(i % 7 == 6 ? "nope" : "p" + std::to_string(1 + i % 3));
+  auto req = Request(targets);
+  req.set_top_k(60);
+  req.set_dense(true);
+  std::vector<v1::InferResponse> answers;
+  for (uint32_t inline_max : {0u, 1u, 1000u}) {
+    FlowsOptions o = options_;
+    o.inline_max_keys = inline_max;
+    o.threads = 2;
+    Executor executor(Sources{store_.get()}, o);
+    auto flow = flows_->Find("ranker", 0);
+    ASSERT_TRUE(flow.ok());
+    v1::InferResponse resp;
+    ASSERT_TRUE(executor.Run(**flow, req, &resp).ok());
+    EXPECT_FALSE(resp.partial());
+    resp.clear_total_micros();
+    answers.push_back(resp);
+  }
+  ASSERT_EQ(answers[0].rows_size(), 60);
+  for (size_t i = 1; i < answers.size(); ++i) {
+    EXPECT_EQ(answers[i].SerializeAsString(), answers[0].SerializeAsString()) << "inline_max_keys case " << i;
+  }
+}
+
 TEST_F(FlowTest, OptionsParse) {
   auto o = ParseFlowsOptions(YAML::Load("{threads: 2, deadline: 40ms, component_timeout: 10ms, files: [a.yaml]}"));
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->threads, 2);
   EXPECT_EQ(o->default_deadline_ms, 40);
   EXPECT_EQ(o->files.size(), 1u);
+  EXPECT_EQ(o->inline_max_keys, 8u);  // the default
+  o = ParseFlowsOptions(YAML::Load("{inline_max_keys: 0}"));
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->inline_max_keys, 0u);
   auto bad = ParseFlowsOptions(YAML::Load("{treads: 2}"));
   ASSERT_FALSE(bad.ok());
   EXPECT_TRUE(absl::StrContains(bad.status().message(), "flows.treads")) << bad.status();
