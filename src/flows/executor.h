@@ -5,14 +5,11 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
-#include <functional>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "base/thread_pool.h"
 #include "features/feature_store.h"
 #include "flows/flow.h"
 #include "kosh/v1/flows.pb.h"
@@ -25,24 +22,6 @@ class DatasetManager;
 }  // namespace kosh::datasets
 
 namespace kosh::flows {
-
-// A fixed set of worker threads running queued closures in FIFO order. The destructor finishes
-// what is queued and joins the threads.
-class ThreadPool {
- public:
-  explicit ThreadPool(int threads);
-  ~ThreadPool();
-  ThreadPool(const ThreadPool&) = delete;
-  ThreadPool& operator=(const ThreadPool&) = delete;
-  void Schedule(std::function<void()> fn);
-
- private:
-  void Work();
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
 
 // Where fetch components read. Null interactions/datasets: such components fail (explicitly, with
 // partial results) on a server without them.
@@ -70,7 +49,7 @@ class Executor {
  private:
   Sources sources_;
   FlowsOptions options_;
-  ThreadPool pool_;
+  base::ThreadPool pool_;
 };
 
 }  // namespace kosh::flows

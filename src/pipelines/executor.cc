@@ -48,7 +48,7 @@ std::string Ms(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds
 class RunState {
  public:
   RunState(std::shared_ptr<const CompiledPipeline> p, const v1::RunPipelineRequest& req, absl::Time deadline,
-           const PipelinesOptions& options, flows::ThreadPool* pool)
+           const PipelinesOptions& options, base::ThreadPool* pool)
       : p_(std::move(p)),
         req_(req),
         deadline_(deadline),
@@ -322,7 +322,7 @@ class RunState {
   std::shared_ptr<const v1::RunPipelineRequest> shared_req_;  // for pool attempts
   const absl::Time deadline_;
   const PipelinesOptions& options_;
-  flows::ThreadPool* pool_;
+  base::ThreadPool* pool_;
   std::vector<NodeRun> runs_;
   std::shared_ptr<Mailbox> mailbox_;
   // The output of failed and skipped nodes. Shared, and never handed out mutable except to Fill,

@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "absl/status/status.h"
+#include "base/thread_pool.h"
 #include "flows/executor.h"
 #include "kosh/v1/pipelines.pb.h"
 #include "pipelines/pipeline.h"
@@ -37,7 +38,7 @@ class PipelineExecutor {
 
  private:
   PipelinesOptions options_;
-  flows::ThreadPool pool_;
+  base::ThreadPool pool_;
 };
 
 }  // namespace kosh::pipelines
