@@ -299,7 +299,7 @@ class Run {
         in_place &= v.kind_case() == v1::Value::kStringValue;
       }
       if (!ok) continue;
-      absl::string_view key = parts[0];
+      absl::string_view key = nk > 0 ? parts[0] : absl::string_view();
       if (nk > 1) {
         // Length-prefixed so ("a|b", "c") and ("a", "b|c") differ.
         composite.clear();

@@ -23,6 +23,7 @@ entities:
   - {name: user, key_columns: [user_id]}
   - {name: product, key_columns: [product_id]}
   - {name: user_category, key_columns: [user_id, category_id]}
+  - {name: age_category, key_columns: [age, category_id]}
 feature_groups:
   - entity: user
     name: user_profile
@@ -40,6 +41,10 @@ feature_groups:
     features:
       - {name: clicks_30d, type: int32}
       - {name: score, type: float32, default: 0.5}
+  - entity: age_category
+    name: age_affinity
+    features:
+      - {name: lift, type: float32}
 )";
 
 constexpr char kFlow[] = R"(
@@ -492,6 +497,50 @@ TEST_F(FlowTest, BadRequests) {
   v1::InferResponse ok;
   ASSERT_TRUE(Infer(with_hour, &ok).ok());
   EXPECT_NEAR(ok.rows(0).values(Col(ok, "score")).float32_value(), 1 + 5, 1e-4);
+}
+
+// Key parts that are numbers (an INT32 column) are written as text, alone or in a composite key,
+// and de-duplicated like strings.
+TEST_F(FlowTest, NumericKeyPartsInCompositeKeys) {
+  Persist("age_category", "age_affinity", {{{"30", "c1"}, {F32(1.5f)}}, {{"30", "c2"}, {F32(2.5f)}}}, {});
+  ASSERT_TRUE(Put(R"(
+model_id: ranker
+inputs:
+  context: [user_id]
+  target: product_id
+components:
+  - name: user
+    kind: features
+    entity: user
+    keys: [user_id]
+    features: [user_profile.age]
+  - name: product
+    kind: features
+    entity: product
+    keys: [product_id]
+    features: [product_stats.category_id]
+  - name: age_category
+    kind: features
+    entity: age_category
+    keys: [user.user_profile.age, product.product_stats.category_id]
+    features: [age_affinity.lift]
+)").ok());
+  auto req = Request({"p1", "p2", "p3", "p1", "nope"});
+  req.set_return_timings(true);
+  v1::InferResponse resp;
+  ASSERT_TRUE(Infer(req, &resp).ok());
+  EXPECT_FALSE(resp.partial());
+  ASSERT_EQ(resp.rows_size(), 5);
+  const int lift = Col(resp, "age_category.age_affinity.lift");
+  EXPECT_FLOAT_EQ(resp.rows(0).values(lift).float32_value(), 1.5f);  // (30, c1)
+  EXPECT_FLOAT_EQ(resp.rows(1).values(lift).float32_value(), 2.5f);  // (30, c2)
+  EXPECT_FLOAT_EQ(resp.rows(2).values(lift).float32_value(), 1.5f);  // (30, c1) again
+  EXPECT_EQ(resp.rows(2).statuses(lift), v1::PRESENT);
+  EXPECT_EQ(resp.rows(4).statuses(lift), v1::MISSING);  // no category: no key
+  for (const auto& c : resp.components()) {
+    if (c.name() == "age_category") EXPECT_EQ(c.keys(), 2u);  // (30, c1), (30, c2)
+    if (c.name() == "product") EXPECT_EQ(c.keys(), 4u);       // p1 twice
+  }
 }
 
 // Where a fetch runs (the request's thread or a pool thread) changes nothing in the answer.
