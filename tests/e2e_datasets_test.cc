@@ -530,6 +530,64 @@ TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
   EXPECT_THAT(r.err, HasSubstr("--wait: expected true or false"));
 }
 
+// An HTTP load that waits for its result runs off the HTTP I/O threads: with one I/O thread, other
+// HTTP requests are answered while the load is still going.
+TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
+  TempDir dir("ds-http-load");
+  std::string a = BuildBytes(dir, "a", "A", 300);
+  std::string b = BuildBytes(dir, "b", "B", 60000);  // ~1 MB of files: seconds at the rate limit below
+  KoshServer::Options opts;
+  opts.config_yaml = "server:\n  http_threads: 1\n";
+  KoshServer server(opts);
+  ASSERT_TRUE(server.Start());
+  ASSERT_EQ(Load(server, "ds", a).status.code, 0);
+
+  std::atomic<bool> load_done{false};
+  HttpResponse load;
+  std::thread loader([&] {
+    load = server.Post("/v1/datasets/load_version",
+                       R"({"dataset": "ds", "path": ")" + b + R"(", "rate_limit_bytes_per_second": 262144})",
+                       {}, Millis(60000));
+    load_done = true;
+  });
+  bool started = false;  // version 2 exists (listed over gRPC): the HTTP call is in the server
+  for (int i = 0; i < 1000 && !started; ++i) {
+    started = VersionOf(List(server, "ds"), 2).version() == 2;
+    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(started);
+  // The only HTTP thread is free: a read and a metrics scrape answer while the load runs.
+  HttpResponse read = server.Post("/v1/datasets/multi_get", R"({"dataset": "ds", "keys": ["k1"]})", {}, Millis(2000));
+  EXPECT_EQ(read.status, 200) << read.body;
+  EXPECT_THAT(read.body, HasSubstr("\"version\":\"1\""));
+  EXPECT_EQ(server.Get("/metrics", Millis(2000)).status, 200);
+  EXPECT_FALSE(load_done.load()) << "the load finished too early to show anything";
+  loader.join();
+  ASSERT_EQ(load.status, 200) << load.body;
+  v1::LoadVersionResponse lr;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(load.body, &lr).ok()) << load.body;
+  EXPECT_EQ(lr.version().state(), v1::VERSION_CURRENT);
+  EXPECT_EQ(ReadBytes(server, "k1"), "B:k1");
+
+  // A shutdown while such a load is running stops the load, and the server exits cleanly.
+  std::thread loader2([&] {
+    server.Post("/v1/datasets/load_version",
+                R"({"dataset": "ds", "path": ")" + b + R"(", "rate_limit_bytes_per_second": 262144})", {},
+                Millis(60000));
+  });
+  started = false;
+  for (int i = 0; i < 1000 && !started; ++i) {
+    started = VersionOf(List(server, "ds"), 3).version() == 3;
+    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(started);
+  const auto t0 = std::chrono::steady_clock::now();
+  ExitStatus st = server.Stop();
+  EXPECT_TRUE(st.exited && st.code == 0) << st.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  loader2.join();
+}
+
 // --- bad requests and auth -------------------------------------------------------------------------------
 
 TEST(DatasetsE2E, BadRequestsAndScopes) {

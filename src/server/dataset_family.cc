@@ -83,12 +83,14 @@ class DatasetFamily final : public Family {
     ids_.multi_get = s->Register(TypedMethod<v1::DatasetMultiGetRequest, v1::DatasetMultiGetResponse>(
         "DatasetMultiGet", "/v1/datasets/multi_get", Scope::kRead,
         [m](const auto& req, auto* resp) { return m->MultiGet(req, resp); }));
-    ids_.load = s->Register(TypedMethod<v1::LoadVersionRequest, v1::LoadVersionResponse>(
+    MethodDef load = TypedMethod<v1::LoadVersionRequest, v1::LoadVersionResponse>(
         "LoadVersion", "/v1/datasets/load_version", Scope::kWrite, [m, s](const auto& req, auto* resp) {
           const std::function<bool()>* grpc_cancelled = tls_load_cancelled;
           return m->Load(req, [s, grpc_cancelled] { return !s->ready() || (grpc_cancelled && (*grpc_cancelled)()); },
                          resp);
-        }));
+        });
+    load.long_running = true;  // HTTP: off the I/O threads (gRPC: see DatasetsGrpc::LoadVersion)
+    ids_.load = s->Register(std::move(load));
     ids_.list = s->Register(TypedMethod<v1::ListVersionsRequest, v1::ListVersionsResponse>(
         "ListVersions", "/v1/datasets/list_versions", Scope::kRead,
         [m](const auto& req, auto* resp) { return m->ListVersions(req, resp); }));

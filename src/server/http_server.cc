@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/string_view.h"
 #include "boost/asio.hpp"
 #include "boost/beast/core.hpp"
@@ -57,6 +58,20 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
   std::atomic<bool> stopped{false};
+  // Threads running long-running methods (MethodDef::long_running); the server waits for them.
+  // Shared with those threads, so the last one can still unlock the mutex while the server that
+  // was waiting for it is being destroyed.
+  struct Background {
+    absl::Mutex mu;
+    int threads ABSL_GUARDED_BY(mu) = 0;
+  };
+  std::shared_ptr<Background> bg = std::make_shared<Background>();
+
+  bool LongRunning(const http::request<http::string_body>& req) const {
+    absl::string_view target(req.target().data(), req.target().size());
+    int m = service->FindHttpPath(target.substr(0, target.find('?')));
+    return m >= 0 && service->method(m).long_running;
+  }
 
   Impl(Service* s, int t, uint64_t limit) : service(s), threads(t), body_limit(limit) {}
 
@@ -174,6 +189,25 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         res.result(400);
         res.set(http::field::content_type, "application/json");
         res.body() = ErrorJson(absl::InvalidArgumentError(absl::StrCat("malformed HTTP request: ", ec.message())));
+      } else if (impl->LongRunning(parser->get())) {
+        // On a thread of its own; the response is written back on this connection's strand.
+        impl->in_flight.fetch_add(1);
+        std::shared_ptr<Background> bg = impl->bg;
+        {
+          absl::MutexLock l(&bg->mu);
+          ++bg->threads;
+        }
+        std::thread([self = shared_from_this(), bg]() mutable {
+          Impl* impl = self->impl;
+          impl->Handle(self->parser->get(), &self->res);
+          const bool keep_alive = self->parser->get().keep_alive() && !impl->draining;
+          impl->in_flight.fetch_sub(1);
+          asio::post(self->stream.get_executor(), [self, keep_alive] { self->Write(keep_alive); });
+          self.reset();  // before the count drops: the server may be destroyed right after
+          absl::MutexLock l(&bg->mu);
+          --bg->threads;
+        }).detach();
+        return;
       } else {
         impl->in_flight.fetch_add(1);
         const auto& req = parser->get();
@@ -181,6 +215,10 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         keep_alive = req.keep_alive() && !impl->draining;
         impl->in_flight.fetch_sub(1);
       }
+      Write(keep_alive);
+    }
+
+    void Write(bool keep_alive) {
       res.keep_alive(keep_alive);
       res.prepare_payload();
       http::async_write(stream, res, [self = shared_from_this(), keep_alive](beast::error_code wec, size_t) {
@@ -199,7 +237,14 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
 HttpServer::HttpServer(Service* service, int threads, uint64_t body_limit)
     : impl_(std::make_unique<Impl>(service, threads, body_limit)) {}
 
-HttpServer::~HttpServer() { Shutdown(absl::Now()); }
+HttpServer::~HttpServer() {
+  Shutdown(absl::Now());
+  // Long-running calls stop early once the service is no longer ready (a dataset load checks).
+  Impl::Background* bg = impl_->bg.get();
+  absl::MutexLock l(&bg->mu);
+  bg->mu.Await(absl::Condition(
+      +[](Impl::Background* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu) { return b->threads == 0; }, bg));
+}
 
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
   size_t colon = address.rfind(':');

@@ -54,6 +54,9 @@ struct MethodDef {
   const google::protobuf::Message* request_prototype;   // default instance of the request type
   const google::protobuf::Message* response_prototype;  // default instance of the response type
   Handler handler;
+  // Takes seconds or more (a dataset load): the HTTP front end runs it on a thread of its own
+  // instead of one of its I/O threads, so it does not hold up other requests.
+  bool long_running = false;
 };
 
 class Service;
