@@ -729,8 +729,8 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       }
       continue;
     }
-    // Fetches: the biggest one and the small ones (at most flows.inline_max_keys keys) run on this
-    // thread. Handing a lookup to a pool thread costs a wake-up, and on a busy machine the woken
+    // Fetches: the small ones (at most flows.inline_max_keys keys), then the biggest one, run on
+    // this thread. Handing a lookup to a pool thread costs a wake-up, and on a busy machine the woken
     // thread often preempts this one: for a lookup of a few keys that costs more than the lookup.
     // The others go to the pool and are awaited, each until it completes or its own deadline
     // passes; one that no pool thread has started by the time this thread is free runs here. A
@@ -790,6 +790,17 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
       sync->done[j] = true;
       sync->finished[j] = absl::Now();
     };
+    auto small = [&](size_t j) {
+      return static_cast<int>(j) != inline_job && jobs[j]->num_keys > 0 && jobs[j]->delay_ms == 0 &&
+             static_cast<uint32_t>(jobs[j]->num_keys) <= options_.inline_max_keys;
+    };
+    // The small ones first: they take microseconds, so none of them waits for the biggest (and
+    // times out behind it) and the biggest starts only a little later.
+    for (size_t j = 0; j < nf; ++j) {
+      if (!small(j) || absl::Now() >= job_deadline[j]) continue;
+      jobs[j]->claimed.store(true, std::memory_order_relaxed);
+      run_here(j);
+    }
     if (inline_job >= 0) {
       jobs[inline_job]->claimed.store(true, std::memory_order_relaxed);
       run_here(static_cast<size_t>(inline_job));
@@ -907,7 +918,13 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
   for (size_t r = 0; r < n; ++r) order[r] = r;
   if (flow.sort_col >= 0) {
     std::vector<double> key(n);
-    for (size_t r = 0; r < n; ++r) key[r] = Number(run.V(flow.sort_col, r));
+    // NaN (a fetched float may be one) sorts last either way, and keeps the comparison a strict
+    // weak order, which std::sort needs.
+    const double nan_key = flow.descending ? -HUGE_VAL : HUGE_VAL;
+    for (size_t r = 0; r < n; ++r) {
+      key[r] = Number(run.V(flow.sort_col, r));
+      if (std::isnan(key[r])) key[r] = nan_key;
+    }
     // Ties keep the request's order (a stable sort, without its buffer).
     if (flow.descending) {
       std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });

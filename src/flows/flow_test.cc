@@ -538,8 +538,44 @@ components:
   EXPECT_EQ(resp.rows(2).statuses(lift), v1::PRESENT);
   EXPECT_EQ(resp.rows(4).statuses(lift), v1::MISSING);  // no category: no key
   for (const auto& c : resp.components()) {
-    if (c.name() == "age_category") EXPECT_EQ(c.keys(), 2u);  // (30, c1), (30, c2)
-    if (c.name() == "product") EXPECT_EQ(c.keys(), 4u);       // p1 twice
+    if (c.name() == "age_category") {
+      EXPECT_EQ(c.keys(), 2u);  // (30, c1), (30, c2)
+    }
+    if (c.name() == "product") {
+      EXPECT_EQ(c.keys(), 4u);  // p1 twice
+    }
+  }
+}
+
+// A NaN in the sort column (a fetched float) sorts last in either order.
+TEST_F(FlowTest, NaNSortsLast) {
+  Persist("product", "product_stats", {{{"p4"}, {F32(std::nanf("")), Str("c1")}}}, {});
+  for (const char* order : {"desc", "asc"}) {
+    ASSERT_TRUE(Put(absl::StrCat(R"(
+model_id: ranker
+inputs:
+  context: [user_id]
+  target: product_id
+components:
+  - name: product
+    kind: features
+    entity: product
+    keys: [product_id]
+    features: [product_stats.price]
+output:
+  sort_by: product.product_stats.price
+  order: )", order, "\n")).ok());
+    std::vector<std::string> targets;
+    for (int i = 0; i < 40; ++i) targets.push_back(i % 2 ? "p4" : "p" + std::to_string(1 + i % 3));
+    auto req = Request(targets);
+    req.set_top_k(40);
+    v1::InferResponse resp;
+    ASSERT_TRUE(Infer(req, &resp).ok());
+    ASSERT_EQ(resp.rows_size(), 40);
+    for (int i = 0; i < 20; ++i) EXPECT_NE(resp.rows(i).target(), "p4") << order << " row " << i;
+    for (int i = 20; i < 40; ++i) EXPECT_EQ(resp.rows(i).target(), "p4") << order << " row " << i;
+    const bool desc = std::string(order) == "desc";
+    EXPECT_EQ(resp.rows(0).target(), desc ? "p3" : "p1") << order;
   }
 }
 
