@@ -1,6 +1,8 @@
 #include "server/http_server.h"
 
 #include <chrono>
+#include <system_error>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -190,14 +192,16 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         res.set(http::field::content_type, "application/json");
         res.body() = ErrorJson(absl::InvalidArgumentError(absl::StrCat("malformed HTTP request: ", ec.message())));
       } else if (impl->LongRunning(parser->get())) {
-        // On a thread of its own; the response is written back on this connection's strand.
+        // On a thread of its own; the response is written back on this connection's strand. The
+        // connection's timer is off meanwhile (a load may take minutes); Write() restarts it.
+        stream.expires_never();
         impl->in_flight.fetch_add(1);
         std::shared_ptr<Background> bg = impl->bg;
         {
           absl::MutexLock l(&bg->mu);
           ++bg->threads;
         }
-        std::thread([self = shared_from_this(), bg]() mutable {
+        auto work = [self = shared_from_this(), bg]() mutable {
           Impl* impl = self->impl;
           impl->Handle(self->parser->get(), &self->res);
           const bool keep_alive = self->parser->get().keep_alive() && !impl->draining;
@@ -206,8 +210,20 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
           self.reset();  // before the count drops: the server may be destroyed right after
           absl::MutexLock l(&bg->mu);
           --bg->threads;
-        }).detach();
-        return;
+        };
+        try {
+          std::thread(std::move(work)).detach();
+          return;
+        } catch (const std::system_error& e) {  // no thread to be had: answer 503 here
+          impl->in_flight.fetch_sub(1);
+          {
+            absl::MutexLock l(&bg->mu);
+            --bg->threads;
+          }
+          res.result(503);
+          res.set(http::field::content_type, "application/json");
+          res.body() = ErrorJson(absl::UnavailableError(absl::StrCat("cannot start a thread for the call: ", e.what())));
+        }
       } else {
         impl->in_flight.fetch_add(1);
         const auto& req = parser->get();
@@ -219,6 +235,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     }
 
     void Write(bool keep_alive) {
+      stream.expires_after(std::chrono::seconds(60));
       res.keep_alive(keep_alive);
       res.prepare_payload();
       http::async_write(stream, res, [self = shared_from_this(), keep_alive](beast::error_code wec, size_t) {
