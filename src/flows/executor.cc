@@ -642,9 +642,81 @@ void Record(const Component& c, Outcome* o, absl::Duration took) {
   if (c.results[o->status] != nullptr) c.results[o->status]->Inc();
 }
 
+// The matrix of an Infer response: column headers, rows in `order`, and the dense form if asked.
+void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferRequest& req,
+                 const std::vector<size_t>& order, v1::InferResponse* resp) {
+  for (int col : flow.output_cols) {
+    const ColumnDef& cd = flow.columns[col];
+    auto* mc = resp->add_columns();
+    mc->set_name(cd.name);
+    mc->set_type(cd.type);
+    mc->set_vector_length(cd.vector_length);
+    mc->set_component(flow.components[cd.component].name);
+    mc->set_per_row(cd.per_row);
+    mc->set_status(run.outcomes_[cd.component].status);
+  }
+  std::vector<int> dense_cols;
+  std::vector<uint32_t> dense_width;
+  uint32_t width = 0;
+  if (req.dense()) {
+    for (int col : flow.output_cols) {
+      const ColumnDef& cd = flow.columns[col];
+      if (!features::IsNumeric(cd.type)) continue;
+      dense_cols.push_back(col);
+      uint32_t w = features::IsVectorType(cd.type) ? cd.vector_length : 1;
+      dense_width.push_back(w);
+      width += w;
+      resp->add_dense_columns(cd.name);
+    }
+    resp->set_dense_width(width);
+    resp->mutable_dense()->Reserve(static_cast<int>(order.size() * width));
+  }
+  const int ncols = static_cast<int>(flow.output_cols.size());
+  resp->mutable_rows()->Reserve(static_cast<int>(order.size()));
+  for (size_t r : order) {
+    auto* row = resp->add_rows();
+    row->set_target(req.targets(static_cast<int>(r)));
+    row->mutable_values()->Reserve(ncols);
+    row->mutable_statuses()->Reserve(ncols);
+    for (int col : flow.output_cols) {
+      CopyValue(run.V(col, r), row->add_values());
+      row->add_statuses(run.S(col, r));
+    }
+    for (size_t d = 0; d < dense_cols.size(); ++d) {
+      AppendFloats(run.V(dense_cols[d], r), dense_width[d], resp->mutable_dense());
+    }
+  }
+}
+
+// Component results: failed ones always (and `partial`), all of them with return_timings.
+void RecordOutcomes(const CompiledFlow& flow, const Run& run, const v1::InferRequest& req, v1::InferResponse* resp) {
+  for (size_t ci = 0; ci < flow.components.size(); ++ci) {
+    const Outcome& o = run.outcomes_[ci];
+    bool failed = o.status != v1::COMPONENT_OK;
+    if (failed) {
+      resp->set_partial(true);
+      resp->add_failed_components(flow.components[ci].name);
+    }
+    if (failed || req.return_timings()) {
+      auto* cr = resp->add_components();
+      cr->set_name(flow.components[ci].name);
+      cr->set_status(o.status);
+      cr->set_error(o.error);
+      cr->set_micros(o.micros);
+      cr->set_keys(o.keys);
+      cr->set_stage(static_cast<uint32_t>(flow.components[ci].stage));
+    }
+  }
+}
+
 }  // namespace
 
 absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp) {
+  return Evaluate(flow, req, resp, nullptr);
+}
+
+absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp,
+                                v1::RankResponse* ranked) {
   const absl::Time start = absl::Now();
   resp->set_model_id(flow.model_id);
   resp->set_version(flow.version);
@@ -904,16 +976,6 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
   }
 
   // --- output ---
-  for (int col : flow.output_cols) {
-    const ColumnDef& cd = flow.columns[col];
-    auto* mc = resp->add_columns();
-    mc->set_name(cd.name);
-    mc->set_type(cd.type);
-    mc->set_vector_length(cd.vector_length);
-    mc->set_component(flow.components[cd.component].name);
-    mc->set_per_row(cd.per_row);
-    mc->set_status(run.outcomes_[cd.component].status);
-  }
   std::vector<size_t> order(n);
   for (size_t r = 0; r < n; ++r) order[r] = r;
   if (flow.sort_col >= 0) {
@@ -936,54 +998,18 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
   } else if (req.top_k() != 0 && req.top_k() < n) {
     order.resize(req.top_k());
   }
-  std::vector<int> dense_cols;
-  std::vector<uint32_t> dense_width;
-  uint32_t width = 0;
-  if (req.dense()) {
-    for (int col : flow.output_cols) {
-      const ColumnDef& cd = flow.columns[col];
-      if (!features::IsNumeric(cd.type)) continue;
-      dense_cols.push_back(col);
-      uint32_t w = features::IsVectorType(cd.type) ? cd.vector_length : 1;
-      dense_width.push_back(w);
-      width += w;
-      resp->add_dense_columns(cd.name);
+  if (ranked != nullptr) {
+    // Rank: the targets and their scores only, no matrix.
+    ranked->mutable_ranked()->Reserve(static_cast<int>(order.size()));
+    for (size_t r : order) {
+      auto* x = ranked->add_ranked();
+      x->set_target(req.targets(static_cast<int>(r)));
+      x->set_score(Number(run.V(flow.sort_col, r)));
     }
-    resp->set_dense_width(width);
-    resp->mutable_dense()->Reserve(static_cast<int>(order.size() * width));
+  } else {
+    WriteMatrix(flow, run, req, order, resp);
   }
-  const int ncols = static_cast<int>(flow.output_cols.size());
-  resp->mutable_rows()->Reserve(static_cast<int>(order.size()));
-  for (size_t r : order) {
-    auto* row = resp->add_rows();
-    row->set_target(req.targets(static_cast<int>(r)));
-    row->mutable_values()->Reserve(ncols);
-    row->mutable_statuses()->Reserve(ncols);
-    for (int col : flow.output_cols) {
-      CopyValue(run.V(col, r), row->add_values());
-      row->add_statuses(run.S(col, r));
-    }
-    for (size_t d = 0; d < dense_cols.size(); ++d) {
-      AppendFloats(run.V(dense_cols[d], r), dense_width[d], resp->mutable_dense());
-    }
-  }
-  for (size_t ci = 0; ci < flow.components.size(); ++ci) {
-    const Outcome& o = run.outcomes_[ci];
-    bool failed = o.status != v1::COMPONENT_OK;
-    if (failed) {
-      resp->set_partial(true);
-      resp->add_failed_components(flow.components[ci].name);
-    }
-    if (failed || req.return_timings()) {
-      auto* cr = resp->add_components();
-      cr->set_name(flow.components[ci].name);
-      cr->set_status(o.status);
-      cr->set_error(o.error);
-      cr->set_micros(o.micros);
-      cr->set_keys(o.keys);
-      cr->set_stage(static_cast<uint32_t>(flow.components[ci].stage));
-    }
-  }
+  RecordOutcomes(flow, run, req, resp);
   resp->set_total_micros(absl::ToInt64Microseconds(absl::Now() - start));
   return absl::OkStatus();
 }
@@ -1004,22 +1030,10 @@ absl::Status Executor::Rank(const CompiledFlow& flow, const v1::RankRequest& req
   ireq->set_top_k(req.top_k());
   ireq->set_deadline_ms(req.deadline_ms());
   ireq->set_return_timings(req.return_timings());
-  RETURN_IF_ERROR(Run(flow, *ireq, iresp));
-  const std::string& score_name = flow.columns[flow.sort_col].name;
-  int score = -1;
-  for (int i = 0; i < iresp->columns_size(); ++i) {
-    if (iresp->columns(i).name() == score_name) score = i;
-  }
-  if (score < 0) return absl::InternalError(absl::StrCat("the matrix has no column \"", score_name, "\""));
+  RETURN_IF_ERROR(Evaluate(flow, *ireq, iresp, resp));
   resp->set_model_id(iresp->model_id());
   resp->set_version(iresp->version());
-  resp->set_score_column(score_name);
-  resp->mutable_ranked()->Reserve(iresp->rows_size());
-  for (const auto& row : iresp->rows()) {
-    auto* r = resp->add_ranked();
-    r->set_target(row.target());
-    r->set_score(Number(row.values(score)));
-  }
+  resp->set_score_column(flow.columns[flow.sort_col].name);
   resp->set_partial(iresp->partial());
   *resp->mutable_failed_components() = iresp->failed_components();
   *resp->mutable_components() = iresp->components();

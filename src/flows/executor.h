@@ -47,6 +47,11 @@ class Executor {
   absl::Status Rank(const CompiledFlow& flow, const v1::RankRequest& req, v1::RankResponse* resp);
 
  private:
+  // Run, filling either the matrix (`ranked` null) or, for Rank, `ranked` with the sorted targets
+  // and scores (then `resp` gets only the model, version, component results and timing).
+  absl::Status Evaluate(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp,
+                        v1::RankResponse* ranked);
+
   Sources sources_;
   FlowsOptions options_;
   base::ThreadPool pool_;
