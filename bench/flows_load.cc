@@ -16,12 +16,14 @@
 //   flow:        one Infer (ranker: user features; product features; product.category_id ->
 //                user_category; the user's clicks in the last hour; derived log price; logistic
 //                score; sort), return_timings on.
+//   rank:        one Rank of the same flow and request (the ranked targets and scores, no
+//                matrix), return_timings on.
 //   client_seq:  the same lookups as sequential calls, one per lookup: the user, the user's click
 //                count (Interactions.Count), each product, then each distinct (user, category);
 //                the score computed client-side.
 //   client_batch: the same as four sequential batched calls (user; click count; all products; all
 //                distinct (user, category) keys), for reference.
-// Executor overhead per Infer = total_micros - sum over stages of the slowest component of the
+// Executor overhead per Infer (and per Rank) = total_micros - sum over stages of the slowest component of the
 // stage (the critical chain of lookups), from the server's own timings.
 // Prints a table, then one JSON object as the last line.
 #include <algorithm>
@@ -139,7 +141,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::vector<double> flow_ms, seq_ms, batch_ms, overhead_us, chain_us;
+  std::vector<double> flow_ms, seq_ms, batch_ms, overhead_us, chain_us, rank_ms, rank_overhead_us;
   int partial = 0;
   for (int it = 0; it < iters + 200; ++it) {
     const bool measured = it >= 200;
@@ -172,6 +174,32 @@ int main(int argc, char** argv) {
         flow_ms.push_back(ms);
         overhead_us.push_back(static_cast<double>(resp.total_micros() - chain));
         chain_us.push_back(static_cast<double>(chain));
+      }
+    }
+    // --- the same flow through Rank ---
+    {
+      v1::RankRequest req;
+      req.set_model_id("ranker");
+      (*req.mutable_context())["user_id"] = user;
+      for (auto& id : prods) req.add_targets(id);
+      req.set_top_k(static_cast<uint32_t>(rows));
+      req.set_return_timings(true);
+      v1::RankResponse resp;
+      grpc::ClientContext ctx;
+      auto t0 = Clock::now();
+      if (!Check(flows->Rank(&ctx, req, &resp), "rank")) return 1;
+      double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      if (resp.partial()) ++partial;
+      std::vector<int64_t> stage_max;
+      for (const auto& c : resp.components()) {
+        if (c.stage() >= stage_max.size()) stage_max.resize(c.stage() + 1, 0);
+        stage_max[c.stage()] = std::max(stage_max[c.stage()], c.micros());
+      }
+      int64_t chain = 0;
+      for (int64_t m : stage_max) chain += m;
+      if (measured) {
+        rank_ms.push_back(ms);
+        rank_overhead_us.push_back(static_cast<double>(resp.total_micros() - chain));
       }
     }
     // --- client side, one call per lookup ---
@@ -257,17 +285,24 @@ int main(int argc, char** argv) {
   double sp50 = Pct(seq_ms, 50), sp99 = Pct(seq_ms, 99), sp999 = Pct(seq_ms, 99.9);
   double bp50 = Pct(batch_ms, 50), bp99 = Pct(batch_ms, 99), bp999 = Pct(batch_ms, 99.9);
   double ov50 = Pct(overhead_us, 50), ov99 = Pct(overhead_us, 99), ch50 = Pct(chain_us, 50);
+  double rp50 = Pct(rank_ms, 50), rp99 = Pct(rank_ms, 99), rp999 = Pct(rank_ms, 99.9);
+  double rov50 = Pct(rank_overhead_us, 50), rov99 = Pct(rank_overhead_us, 99);
   std::printf("variant                      p50 ms   p99 ms   p99.9 ms  (%d requests each, %d rows, closed loop, 1 client)\n",
               iters, rows);
   std::printf("flow (one Infer)            %7.3f  %7.3f  %8.3f\n", fp50, fp99, fp999);
+  std::printf("rank (one Rank, no matrix)  %7.3f  %7.3f  %8.3f\n", rp50, rp99, rp999);
   std::printf("client, call per lookup     %7.3f  %7.3f  %8.3f\n", sp50, sp99, sp999);
   std::printf("client, 4 batched calls     %7.3f  %7.3f  %8.3f\n", bp50, bp99, bp999);
   std::printf("executor overhead us        p50 %.0f  p99 %.0f   (critical chain of lookups p50 %.0f us)\n", ov50, ov99,
               ch50);
+  std::printf("rank overhead us            p50 %.0f  p99 %.0f\n", rov50, rov99);
   std::printf("partial flow responses: %d\n", partial);
   std::printf("{\"flow_p50_ms\": %.3f, \"flow_p99_ms\": %.3f, \"client_side_p50_ms\": %.3f, \"client_side_p99_ms\": %.3f, "
               "\"client_batched_p99_ms\": %.3f, \"p99_ratio\": %.2f, \"executor_overhead_us_p50\": %.0f, "
-              "\"executor_overhead_us_p99\": %.0f, \"chain_us_p50\": %.0f, \"iterations\": %d, \"rows\": %d, \"partial\": %d}\n",
-              fp50, fp99, sp50, sp99, bp99, fp99 > 0 ? sp99 / fp99 : 0, ov50, ov99, ch50, iters, rows, partial);
+              "\"executor_overhead_us_p99\": %.0f, \"chain_us_p50\": %.0f, \"rank_p50_ms\": %.3f, \"rank_p99_ms\": %.3f, "
+              "\"rank_overhead_us_p50\": %.0f, \"rank_overhead_us_p99\": %.0f, \"iterations\": %d, \"rows\": %d, "
+              "\"partial\": %d}\n",
+              fp50, fp99, sp50, sp99, bp99, fp99 > 0 ? sp99 / fp99 : 0, ov50, ov99, ch50, rp50, rp99, rov50, rov99, iters,
+              rows, partial);
   return 0;
 }
