@@ -4,7 +4,8 @@
 # a derived column; the built-in logistic scorer; sort) for one user and 100 products, against a
 # client doing the same lookups itself as sequential calls to Kosh, in one run. Also reports the
 # executor's own overhead (Infer time minus its slowest chain of lookups, from the server's
-# per-component timings), and the same in-process without gRPC (flows_executor_bench).
+# per-component timings), the same flow through Rank (scores only, no matrix), and the overhead
+# in-process without gRPC (flows_executor_bench).
 #
 #   bench/flows.sh [--iterations N] [--rows N] [--build-dir DIR] [--no-build]
 #
