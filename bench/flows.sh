@@ -7,7 +7,7 @@
 # per-component timings), the same flow through Rank (scores only, no matrix), and the overhead
 # in-process without gRPC (flows_executor_bench).
 #
-#   bench/flows.sh [--iterations N] [--rows N] [--build-dir DIR] [--no-build]
+#   bench/flows.sh [--iterations N] [--rows N] [--build-dir DIR] [--no-build] [--no-rank]
 #
 # Starts `kosh serve` on free loopback ports with examples/schema.yaml and the example flow, loads
 # 1000 users, 10000 products in 50 categories, every (user, category) affinity and 0-19 recent
@@ -20,12 +20,14 @@ ITER=2000
 ROWS=100
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 BUILD=1
+RANK=yes
 while [[ $# -gt 0 ]]; do
   case $1 in
     --iterations) ITER=$2; shift 2 ;;
     --rows) ROWS=$2; shift 2 ;;
     --build-dir) BUILD_DIR=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --no-rank) RANK=no; shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -53,7 +55,7 @@ for _ in $(seq 1 200); do [[ -s $WORK/ports.json ]] && break; sleep 0.05; done
 GRPC=$(sed -E 's/.*"grpc": ([0-9]+).*/\1/' "$WORK/ports.json")
 echo "kosh $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on 127.0.0.1:$GRPC; loading data" >&2
 "$LOAD" --target "127.0.0.1:$GRPC" --iterations 1 --rows "$ROWS" >/dev/null
-flock /tmp/kosh-bench.lock "$LOAD" --target "127.0.0.1:$GRPC" --load no --iterations "$ITER" --rows "$ROWS" \
+flock /tmp/kosh-bench.lock "$LOAD" --target "127.0.0.1:$GRPC" --load no --iterations "$ITER" --rows "$ROWS" --rank "$RANK" \
   | tee "$WORK/load.out" | sed '$d'
 kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
 PID=

@@ -1,7 +1,7 @@
 // flows_load: one Infer of a flow against the same lookups done by a client itself, in one run.
 //
 //   flows_load --target HOST:PORT [--users N] [--products N] [--categories N] [--iterations N]
-//              [--rows N] [--load yes|no]
+//              [--rows N] [--load yes|no] [--rank yes|no]
 //
 //   --target       the kosh gRPC address (the server must have examples/schema.yaml applied and
 //                  examples/flows/ranker.yaml loaded; bench/flows.sh does both)
@@ -10,6 +10,8 @@
 //   --iterations   measured requests per variant (default 2000, after 200 of warm-up)
 //   --rows         products per request (default 100)
 //   --load         write the data first (default yes)
+//   --rank         also measure Rank (default yes; its requests change what the server's caches
+//                  hold between Infer calls, so compare Infer figures only between runs alike)
 //
 // Per iteration (random user, `rows` random products), interleaved so both variants see the same
 // machine state:
@@ -65,6 +67,7 @@ int main(int argc, char** argv) {
   const int iters = std::stoi(Arg(argc, argv, "--iterations", "2000"));
   const int rows = std::stoi(Arg(argc, argv, "--rows", "100"));
   const bool load = Arg(argc, argv, "--load", "yes") == "yes";
+  const bool with_rank = Arg(argc, argv, "--rank", "yes") == "yes";
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
@@ -177,7 +180,7 @@ int main(int argc, char** argv) {
       }
     }
     // --- the same flow through Rank ---
-    {
+    if (with_rank) {
       v1::RankRequest req;
       req.set_model_id("ranker");
       (*req.mutable_context())["user_id"] = user;
@@ -290,19 +293,24 @@ int main(int argc, char** argv) {
   std::printf("variant                      p50 ms   p99 ms   p99.9 ms  (%d requests each, %d rows, closed loop, 1 client)\n",
               iters, rows);
   std::printf("flow (one Infer)            %7.3f  %7.3f  %8.3f\n", fp50, fp99, fp999);
-  std::printf("rank (one Rank, no matrix)  %7.3f  %7.3f  %8.3f\n", rp50, rp99, rp999);
+  if (with_rank) std::printf("rank (one Rank, no matrix)  %7.3f  %7.3f  %8.3f\n", rp50, rp99, rp999);
   std::printf("client, call per lookup     %7.3f  %7.3f  %8.3f\n", sp50, sp99, sp999);
   std::printf("client, 4 batched calls     %7.3f  %7.3f  %8.3f\n", bp50, bp99, bp999);
   std::printf("executor overhead us        p50 %.0f  p99 %.0f   (critical chain of lookups p50 %.0f us)\n", ov50, ov99,
               ch50);
-  std::printf("rank overhead us            p50 %.0f  p99 %.0f\n", rov50, rov99);
+  if (with_rank) std::printf("rank overhead us            p50 %.0f  p99 %.0f\n", rov50, rov99);
+  char rank_json[200] = "";
+  if (with_rank) {
+    std::snprintf(rank_json, sizeof(rank_json),
+                  "\"rank_p50_ms\": %.3f, \"rank_p99_ms\": %.3f, \"rank_overhead_us_p50\": %.0f, "
+                  "\"rank_overhead_us_p99\": %.0f, ",
+                  rp50, rp99, rov50, rov99);
+  }
   std::printf("partial flow responses: %d\n", partial);
   std::printf("{\"flow_p50_ms\": %.3f, \"flow_p99_ms\": %.3f, \"client_side_p50_ms\": %.3f, \"client_side_p99_ms\": %.3f, "
               "\"client_batched_p99_ms\": %.3f, \"p99_ratio\": %.2f, \"executor_overhead_us_p50\": %.0f, "
-              "\"executor_overhead_us_p99\": %.0f, \"chain_us_p50\": %.0f, \"rank_p50_ms\": %.3f, \"rank_p99_ms\": %.3f, "
-              "\"rank_overhead_us_p50\": %.0f, \"rank_overhead_us_p99\": %.0f, \"iterations\": %d, \"rows\": %d, "
+              "\"executor_overhead_us_p99\": %.0f, \"chain_us_p50\": %.0f, %s\"iterations\": %d, \"rows\": %d, "
               "\"partial\": %d}\n",
-              fp50, fp99, sp50, sp99, bp99, fp99 > 0 ? sp99 / fp99 : 0, ov50, ov99, ch50, rp50, rp99, rov50, rov99, iters,
-              rows, partial);
+              fp50, fp99, sp50, sp99, bp99, fp99 > 0 ? sp99 / fp99 : 0, ov50, ov99, ch50, rank_json, iters, rows, partial);
   return 0;
 }
