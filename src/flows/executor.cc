@@ -132,12 +132,12 @@ google::protobuf::ArenaOptions FetchArenaOptions(char* initial_block = nullptr, 
 struct FetchJob {
   FetchJob() : arena(FetchArenaOptions(first_block, sizeof(first_block))) {}
   virtual ~FetchJob() = default;
-  // Runs the lookup; `started` and `ended` time the lookup itself (a component's `micros`).
+  // Runs the lookup and adds its time to `work`.
   void Execute() {
-    started = absl::Now();
+    const absl::Time start = absl::Now();
     if (delay_ms > 0) absl::SleepFor(absl::Milliseconds(delay_ms));
     status = Do();
-    ended = absl::Now();
+    work += absl::Now() - start;
   }
   virtual absl::Status Do() = 0;
   // Adds one distinct key (its parts) to the request.
@@ -161,8 +161,9 @@ struct FetchJob {
   absl::Status status;
   int64_t delay_ms = 0;
   absl::Time deadline = absl::InfiniteFuture();  // of this fetch: min(request deadline, its timeout)
-  absl::Duration prepare;                        // building its keys and request (request thread)
-  absl::Time started, ended;                     // of Execute, set by the thread that ran it
+  // The component's own time (its `micros`): building its keys and request, then its lookup; not
+  // the time it waited for a thread. Written before and by Execute, read once it is done.
+  absl::Duration work;
   // Set by whoever runs the fetch: a pool thread, or the request thread when the pool has not
   // started it yet (work stealing: no queueing delay and no wake-up for the request).
   std::atomic<bool> claimed{false};
@@ -827,7 +828,7 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
       const Component& c = flow.components[fetches[j]];
       const absl::Time prepare_start = absl::Now();
       jobs[j] = run.Prepare(c, sources_);
-      jobs[j]->prepare = absl::Now() - prepare_start;
+      jobs[j]->work = absl::Now() - prepare_start;
       run.outcomes_[fetches[j]].keys = static_cast<uint32_t>(jobs[j]->num_keys);
       jobs[j]->delay_ms = c.test_delay_ms;
       job_deadline[j] = std::min(deadline, stage_start + absl::Milliseconds(c.timeout_ms));
@@ -843,9 +844,14 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
         inline_job = static_cast<int>(j);
       }
     }
+    // A small fetch runs on this thread, before the biggest one: it takes microseconds, so none of
+    // them waits for the biggest (and times out behind it), and the biggest starts only a little later.
+    auto small = [&](size_t j) {
+      return static_cast<int>(j) != inline_job && jobs[j]->num_keys > 0 && jobs[j]->delay_ms == 0 &&
+             static_cast<uint32_t>(jobs[j]->num_keys) <= options_.inline_max_keys;
+    };
     for (size_t j = 0; j < nf; ++j) {
-      if (static_cast<int>(j) == inline_job || jobs[j]->num_keys == 0) continue;
-      if (jobs[j]->delay_ms == 0 && static_cast<uint32_t>(jobs[j]->num_keys) <= options_.inline_max_keys) continue;
+      if (static_cast<int>(j) == inline_job || jobs[j]->num_keys == 0 || small(j)) continue;
       pool_.Schedule([job = jobs[j], sync, j] {
         if (job->claimed.exchange(true, std::memory_order_acq_rel)) return;  // the request thread took it
         job->Execute();
@@ -862,12 +868,6 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
       sync->done[j] = true;
       sync->finished[j] = absl::Now();
     };
-    auto small = [&](size_t j) {
-      return static_cast<int>(j) != inline_job && jobs[j]->num_keys > 0 && jobs[j]->delay_ms == 0 &&
-             static_cast<uint32_t>(jobs[j]->num_keys) <= options_.inline_max_keys;
-    };
-    // The small ones first: they take microseconds, so none of them waits for the biggest (and
-    // times out behind it) and the biggest starts only a little later.
     for (size_t j = 0; j < nf; ++j) {
       if (!small(j) || absl::Now() >= job_deadline[j]) continue;
       jobs[j]->claimed.store(true, std::memory_order_relaxed);
@@ -936,9 +936,7 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
           o.error = std::string(st.message());
           fill_defaults(v1::DEFAULT);
         }
-        // The component's own work: its keys and request, and its lookup (not the time it waited for
-        // a pool thread, nor other components' work on this thread: that is the executor's).
-        took = jobs[j]->prepare + (jobs[j]->num_keys > 0 ? jobs[j]->ended - jobs[j]->started : absl::ZeroDuration());
+        took = jobs[j]->work;  // its own work; waiting is the executor's
       }
       Record(c, &o, took);
       for (int m : c.merged) {
