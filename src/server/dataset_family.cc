@@ -1,10 +1,9 @@
 #include "server/dataset_family.h"
 
 #include <functional>
-#include <thread>
 
-#include "absl/synchronization/mutex.h"
 #include "base/status.h"
+#include "base/thread_group.h"
 #include "datasets/dataset_manager.h"
 #include "kosh/v1/datasets.grpc.pb.h"
 #include "server/family_util.h"
@@ -61,11 +60,8 @@ class DatasetsGrpc final : public v1::Datasets::CallbackService {
 
 class DatasetFamily final : public Family {
  public:
-  ~DatasetFamily() override {
-    // Loads in flight see the drain (readiness false) and stop; wait for their threads.
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(+[](int* n) { return *n == 0; }, &load_threads_));
-  }
+  // Loads in flight see the drain (readiness false) and stop; load_threads_ waits for them.
+  ~DatasetFamily() override = default;
 
   std::vector<storage::KeyspaceOptions> Keyspaces() const override { return {}; }
 
@@ -107,18 +103,8 @@ class DatasetFamily final : public Family {
 
   std::vector<grpc::Service*> GrpcServices() override { return {grpc_.get()}; }
 
-  // Runs `fn` on a new thread that the destructor waits for.
-  void Spawn(std::function<void()> fn) {
-    {
-      absl::MutexLock lock(&mu_);
-      ++load_threads_;
-    }
-    std::thread([this, fn = std::move(fn)] {
-      fn();
-      absl::MutexLock lock(&mu_);
-      --load_threads_;
-    }).detach();
-  }
+  // Runs `fn` on a new thread that the destructor waits for; false if no thread could be started.
+  bool Spawn(std::function<void()> fn) { return load_threads_.Spawn(std::move(fn)); }
 
   Service* service() const { return service_; }
   const Ids& ids() const { return ids_; }
@@ -128,8 +114,7 @@ class DatasetFamily final : public Family {
   Service* service_ = nullptr;
   Ids ids_{};
   std::unique_ptr<DatasetsGrpc> grpc_;
-  absl::Mutex mu_;
-  int load_threads_ ABSL_GUARDED_BY(mu_) = 0;
+  base::ThreadGroup load_threads_;  // last: waited for before anything the loads use goes
 };
 
 grpc::ServerUnaryReactor* DatasetsGrpc::LoadVersion(grpc::CallbackServerContext* ctx,
@@ -137,7 +122,7 @@ grpc::ServerUnaryReactor* DatasetsGrpc::LoadVersion(grpc::CallbackServerContext*
   auto* reactor = ctx->DefaultReactor();
   server::Service* svc = svc_;
   const int id = ids_->load;
-  family_->Spawn([svc, id, ctx, req, resp, reactor] {
+  const bool spawned = family_->Spawn([svc, id, ctx, req, resp, reactor] {
     const std::function<bool()> cancelled = [ctx] { return ctx->IsCancelled(); };
     tls_load_cancelled = &cancelled;
     absl::Status st = svc->Call(Protocol::kGrpc, id, GrpcAuthorization(ctx), *req, resp);
@@ -145,6 +130,7 @@ grpc::ServerUnaryReactor* DatasetsGrpc::LoadVersion(grpc::CallbackServerContext*
     if (!st.ok()) resp->Clear();
     reactor->Finish(ToGrpcStatus(st));
   });
+  if (!spawned) reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cannot start a thread for the load"));
   return reactor;
 }
 

@@ -1,11 +1,10 @@
 #include "server/http_server.h"
 
 #include <chrono>
-#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "base/thread_group.h"
 #include "absl/strings/string_view.h"
 #include "boost/asio.hpp"
 #include "boost/beast/core.hpp"
@@ -60,14 +59,8 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   std::atomic<bool> draining{false};
   std::atomic<int> in_flight{0};
   std::atomic<bool> stopped{false};
-  // Threads running long-running methods (MethodDef::long_running); the server waits for them.
-  // Shared with those threads, so the last one can still unlock the mutex while the server that
-  // was waiting for it is being destroyed.
-  struct Background {
-    absl::Mutex mu;
-    int threads ABSL_GUARDED_BY(mu) = 0;
-  };
-  std::shared_ptr<Background> bg = std::make_shared<Background>();
+  // Threads running long-running methods (MethodDef::long_running); ~HttpServer waits for them.
+  base::ThreadGroup background;
 
   bool LongRunning(const http::request<http::string_body>& req) const {
     absl::string_view target(req.target().data(), req.target().size());
@@ -196,34 +189,18 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         // connection's timer is off meanwhile (a load may take minutes); Write() restarts it.
         stream.expires_never();
         impl->in_flight.fetch_add(1);
-        std::shared_ptr<Background> bg = impl->bg;
-        {
-          absl::MutexLock l(&bg->mu);
-          ++bg->threads;
-        }
-        auto work = [self = shared_from_this(), bg]() mutable {
+        const bool spawned = impl->background.Spawn([self = shared_from_this()] {
           Impl* impl = self->impl;
           impl->Handle(self->parser->get(), &self->res);
           const bool keep_alive = self->parser->get().keep_alive() && !impl->draining;
           impl->in_flight.fetch_sub(1);
           asio::post(self->stream.get_executor(), [self, keep_alive] { self->Write(keep_alive); });
-          self.reset();  // before the count drops: the server may be destroyed right after
-          absl::MutexLock l(&bg->mu);
-          --bg->threads;
-        };
-        try {
-          std::thread(std::move(work)).detach();
-          return;
-        } catch (const std::system_error& e) {  // no thread to be had: answer 503 here
-          impl->in_flight.fetch_sub(1);
-          {
-            absl::MutexLock l(&bg->mu);
-            --bg->threads;
-          }
-          res.result(503);
-          res.set(http::field::content_type, "application/json");
-          res.body() = ErrorJson(absl::UnavailableError(absl::StrCat("cannot start a thread for the call: ", e.what())));
-        }
+        });
+        if (spawned) return;
+        impl->in_flight.fetch_sub(1);  // no thread to be had: answer 503 here
+        res.result(503);
+        res.set(http::field::content_type, "application/json");
+        res.body() = ErrorJson(absl::UnavailableError("cannot start a thread for the call"));
       } else {
         impl->in_flight.fetch_add(1);
         const auto& req = parser->get();
@@ -256,11 +233,9 @@ HttpServer::HttpServer(Service* service, int threads, uint64_t body_limit)
 
 HttpServer::~HttpServer() {
   Shutdown(absl::Now());
-  // Long-running calls stop early once the service is no longer ready (a dataset load checks).
-  Impl::Background* bg = impl_->bg.get();
-  absl::MutexLock l(&bg->mu);
-  bg->mu.Await(absl::Condition(
-      +[](Impl::Background* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->mu) { return b->threads == 0; }, bg));
+  // Before the io_context goes: long-running calls post their responses to it. They stop early
+  // once the service is no longer ready (a dataset load checks).
+  impl_->background.Wait();
 }
 
 absl::StatusOr<int> HttpServer::Start(const std::string& address) {
