@@ -185,14 +185,7 @@ int main(int argc, char** argv) {
     auto t1 = std::chrono::steady_clock::now();
     if (it < warmup) continue;
     if (resp.partial()) ++partial;
-    // Critical chain: per stage, the slowest component.
-    std::vector<int64_t> slowest;
-    for (const auto& c : resp.components()) {
-      if (c.stage() >= slowest.size()) slowest.resize(c.stage() + 1, 0);
-      slowest[c.stage()] = std::max<int64_t>(slowest[c.stage()], c.micros());
-    }
-    int64_t chain = 0;
-    for (int64_t s : slowest) chain += s;
+    const int64_t chain = kosh::bench::CriticalChainMicros(resp);
     total_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
     chain_us.push_back(static_cast<double>(chain));
     overhead_us.push_back(static_cast<double>(resp.total_micros() - chain));

@@ -152,57 +152,42 @@ int main(int argc, char** argv) {
     std::vector<std::string> prods(rows);
     for (auto& id : prods) id = "p" + std::to_string(rng() % products);
 
-    // --- flow ---
+    // --- flow (Infer), then the same request through Rank ---
+    auto fill = [&](auto* req) {
+      req->set_model_id("ranker");
+      (*req->mutable_context())["user_id"] = user;
+      for (auto& id : prods) req->add_targets(id);
+      req->set_top_k(static_cast<uint32_t>(rows));
+      req->set_return_timings(true);
+    };
     {
       v1::InferRequest req;
-      req.set_model_id("ranker");
-      (*req.mutable_context())["user_id"] = user;
-      for (auto& id : prods) req.add_targets(id);
-      req.set_top_k(static_cast<uint32_t>(rows));
-      req.set_return_timings(true);
+      fill(&req);
       v1::InferResponse resp;
       grpc::ClientContext ctx;
       auto t0 = Clock::now();
       if (!Check(flows->Infer(&ctx, req, &resp), "infer")) return 1;
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       if (resp.partial()) ++partial;
-      std::vector<int64_t> stage_max;
-      for (const auto& c : resp.components()) {
-        if (c.stage() >= stage_max.size()) stage_max.resize(c.stage() + 1, 0);
-        stage_max[c.stage()] = std::max(stage_max[c.stage()], c.micros());
-      }
-      int64_t chain = 0;
-      for (int64_t m : stage_max) chain += m;
+      const int64_t chain = kosh::bench::CriticalChainMicros(resp);
       if (measured) {
         flow_ms.push_back(ms);
         overhead_us.push_back(static_cast<double>(resp.total_micros() - chain));
         chain_us.push_back(static_cast<double>(chain));
       }
     }
-    // --- the same flow through Rank ---
     if (with_rank) {
       v1::RankRequest req;
-      req.set_model_id("ranker");
-      (*req.mutable_context())["user_id"] = user;
-      for (auto& id : prods) req.add_targets(id);
-      req.set_top_k(static_cast<uint32_t>(rows));
-      req.set_return_timings(true);
+      fill(&req);
       v1::RankResponse resp;
       grpc::ClientContext ctx;
       auto t0 = Clock::now();
       if (!Check(flows->Rank(&ctx, req, &resp), "rank")) return 1;
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       if (resp.partial()) ++partial;
-      std::vector<int64_t> stage_max;
-      for (const auto& c : resp.components()) {
-        if (c.stage() >= stage_max.size()) stage_max.resize(c.stage() + 1, 0);
-        stage_max[c.stage()] = std::max(stage_max[c.stage()], c.micros());
-      }
-      int64_t chain = 0;
-      for (int64_t m : stage_max) chain += m;
       if (measured) {
         rank_ms.push_back(ms);
-        rank_overhead_us.push_back(static_cast<double>(resp.total_micros() - chain));
+        rank_overhead_us.push_back(static_cast<double>(resp.total_micros() - kosh::bench::CriticalChainMicros(resp)));
       }
     }
     // --- client side, one call per lookup ---
