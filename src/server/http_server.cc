@@ -62,11 +62,12 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
   // Threads running long-running methods (MethodDef::long_running); ~HttpServer waits for them.
   base::ThreadGroup background;
 
-  bool LongRunning(const http::request<http::string_body>& req) const {
+  static absl::string_view PathOf(const http::request<http::string_body>& req) {
     absl::string_view target(req.target().data(), req.target().size());
-    int m = service->FindHttpPath(target.substr(0, target.find('?')));
-    return m >= 0 && service->method(m).long_running;
+    return target.substr(0, target.find('?'));
   }
+  // The API method a request names; -1 for none (a built-in path such as /healthz, or unknown).
+  int MethodOf(const http::request<http::string_body>& req) const { return service->FindHttpPath(PathOf(req)); }
 
   Impl(Service* s, int t, uint64_t limit) : service(s), threads(t), body_limit(limit) {}
 
@@ -83,13 +84,11 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     });
   }
 
-  // Produces the response to one request.
-  void Handle(const http::request<http::string_body>& req, http::response<http::string_body>* res) {
+  // Produces the response to one request; `m` is MethodOf(req).
+  void Handle(const http::request<http::string_body>& req, int m, http::response<http::string_body>* res) {
     res->version(req.version());
     res->set(http::field::server, "kosh");
-    absl::string_view target(req.target().data(), req.target().size());
-    size_t q = target.find('?');
-    absl::string_view path = target.substr(0, q);
+    absl::string_view path = PathOf(req);
     auto text = [&](int status, std::string body, const char* type) {
       res->result(status);
       res->set(http::field::content_type, type);
@@ -103,7 +102,6 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
     if (path == "/metrics") {
       return text(200, service->metrics()->RenderPrometheus(), "text/plain; version=0.0.4");
     }
-    int m = service->FindHttpPath(path);
     if (m < 0) {
       return text(404, ErrorJson(absl::NotFoundError(absl::StrCat("no such path: ", path))), "application/json");
     }
@@ -184,14 +182,14 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
         res.result(400);
         res.set(http::field::content_type, "application/json");
         res.body() = ErrorJson(absl::InvalidArgumentError(absl::StrCat("malformed HTTP request: ", ec.message())));
-      } else if (impl->LongRunning(parser->get())) {
+      } else if (const int m = impl->MethodOf(parser->get()); m >= 0 && impl->service->method(m).long_running) {
         // On a thread of its own; the response is written back on this connection's strand. The
         // connection's timer is off meanwhile (a load may take minutes); Write() restarts it.
         stream.expires_never();
         impl->in_flight.fetch_add(1);
-        const bool spawned = impl->background.Spawn([self = shared_from_this()] {
+        const bool spawned = impl->background.Spawn([self = shared_from_this(), m] {
           Impl* impl = self->impl;
-          impl->Handle(self->parser->get(), &self->res);
+          impl->Handle(self->parser->get(), m, &self->res);
           const bool keep_alive = self->parser->get().keep_alive() && !impl->draining;
           impl->in_flight.fetch_sub(1);
           asio::post(self->stream.get_executor(), [self, keep_alive] { self->Write(keep_alive); });
@@ -204,7 +202,7 @@ struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
       } else {
         impl->in_flight.fetch_add(1);
         const auto& req = parser->get();
-        impl->Handle(req, &res);
+        impl->Handle(req, m, &res);  // m: from the condition above
         keep_alive = req.keep_alive() && !impl->draining;
         impl->in_flight.fetch_sub(1);
       }
