@@ -550,12 +550,15 @@ TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
                        {}, Millis(60000));
     load_done = true;
   });
-  bool started = false;  // version 2 exists (listed over gRPC): the HTTP call is in the server
-  for (int i = 0; i < 1000 && !started; ++i) {
-    started = VersionOf(List(server, "ds"), 2).version() == 2;
-    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(started);
+  // Version v is listed (over gRPC): the HTTP call is in the server.
+  auto listed = [&](uint64_t v) {
+    for (int i = 0; i < 1000; ++i) {
+      if (VersionOf(List(server, "ds"), v).version() == v) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  };
+  ASSERT_TRUE(listed(2));
   // The only HTTP thread is free: a read and a metrics scrape answer while the load runs.
   HttpResponse read = server.Post("/v1/datasets/multi_get", R"({"dataset": "ds", "keys": ["k1"]})", {}, Millis(2000));
   EXPECT_EQ(read.status, 200) << read.body;
@@ -575,12 +578,7 @@ TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
                 R"({"dataset": "ds", "path": ")" + b + R"(", "rate_limit_bytes_per_second": 262144})", {},
                 Millis(60000));
   });
-  started = false;
-  for (int i = 0; i < 1000 && !started; ++i) {
-    started = VersionOf(List(server, "ds"), 3).version() == 3;
-    if (!started) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(started);
+  ASSERT_TRUE(listed(3));
   const auto t0 = std::chrono::steady_clock::now();
   ExitStatus st = server.Stop();
   EXPECT_TRUE(st.exited && st.code == 0) << st.ToString();
