@@ -12,11 +12,15 @@
 # Starts `kosh serve` on free loopback ports with examples/schema.yaml and the example flow, loads
 # 1000 users, 10000 products in 50 categories, every (user, category) affinity and 0-19 recent
 # clicks per user, then, holding /tmp/kosh-bench.lock so no other benchmark runs at the same time,
-# runs bench/flows_load (closed loop, one client; load generator and server share the 2 cores) and
-# bench/flows_executor_bench. Last line: one JSON object (flows_load's, plus the in-process figures).
+# runs bench/flows_load (closed loop, one client; load generator and server share the 2 cores; the
+# flow and the client variants in alternating blocks of 200 requests), the flow again interleaved
+# request by request with the client variant (--block 1: every flow request runs with CPU caches
+# cold from ~150 client calls; `interleaved_*` in the JSON), and bench/flows_executor_bench.
+# Last line: one JSON object (flows_load's, plus the interleaved and in-process figures).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ITER=2000
+COLD_ITER=500
 ROWS=100
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 BUILD=1
@@ -57,6 +61,9 @@ echo "kosh $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') on 1
 "$LOAD" --target "127.0.0.1:$GRPC" --iterations 1 --rows "$ROWS" >/dev/null
 flock /tmp/kosh-bench.lock "$LOAD" --target "127.0.0.1:$GRPC" --load no --iterations "$ITER" --rows "$ROWS" --rank "$RANK" \
   | tee "$WORK/load.out" | sed '$d'
+echo "the same, flow and client interleaved request by request (cold caches for every flow request):" >&2
+flock /tmp/kosh-bench.lock "$LOAD" --target "127.0.0.1:$GRPC" --load no --iterations "$COLD_ITER" --rows "$ROWS" --rank no \
+  --block 1 | tee "$WORK/cold.out" | sed '$d' | grep -E "^variant|^flow|^executor"
 kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
 PID=
 echo "in-process executor (no gRPC, memory engine, one thread):" >&2
@@ -66,4 +73,5 @@ flock /tmp/kosh-bench.lock "$BUILD_DIR/bench/flows_executor_bench" --iterations 
 field() { sed -E "s/.*\"$1\": ([0-9.]+).*/\1/" <<<"$2"; }
 LOAD_JSON=$(tail -1 "$WORK/load.out")
 IN_JSON=$(tail -1 "$WORK/inproc.out")
-echo "${LOAD_JSON%\}}, \"inprocess_overhead_us_p50\": $(field executor_overhead_us_p50 "$IN_JSON"), \"inprocess_infer_us_p50\": $(field infer_us_p50 "$IN_JSON"), \"inprocess_partial\": $(field partial "$IN_JSON")}"
+COLD_JSON=$(tail -1 "$WORK/cold.out")
+echo "${LOAD_JSON%\}}, \"interleaved_executor_overhead_us_p50\": $(field executor_overhead_us_p50 "$COLD_JSON"), \"interleaved_flow_p99_ms\": $(field flow_p99_ms "$COLD_JSON"), \"inprocess_overhead_us_p50\": $(field executor_overhead_us_p50 "$IN_JSON"), \"inprocess_infer_us_p50\": $(field infer_us_p50 "$IN_JSON"), \"inprocess_partial\": $(field partial "$IN_JSON")}"

@@ -1,7 +1,7 @@
 // flows_load: one Infer of a flow against the same lookups done by a client itself, in one run.
 //
 //   flows_load --target HOST:PORT [--users N] [--products N] [--categories N] [--iterations N]
-//              [--rows N] [--load yes|no] [--rank yes|no]
+//              [--rows N] [--load yes|no] [--rank yes|no] [--block N]
 //
 //   --target       the kosh gRPC address (the server must have examples/schema.yaml applied and
 //                  examples/flows/ranker.yaml loaded; bench/flows.sh does both)
@@ -12,9 +12,12 @@
 //   --load         write the data first (default yes)
 //   --rank         also measure Rank (default yes; its requests change what the server's caches
 //                  hold between Infer calls, so compare Infer figures only between runs alike)
+//   --block        iterations of one variant before switching to the other (default 200); 1
+//                  interleaves flow and client request by request (each flow request then runs
+//                  with caches cold from ~150 client calls)
 //
-// Per iteration (random user, `rows` random products), interleaved so both variants see the same
-// machine state:
+// Per iteration (random user, `rows` random products; the same requests for every variant), in
+// alternating blocks so both variants see the same machine over the run:
 //   flow:        one Infer (ranker: user features; product features; product.category_id ->
 //                user_category; the user's clicks in the last hour; derived log price; logistic
 //                score; sort), return_timings on.
@@ -52,6 +55,8 @@ namespace {
 using kosh::bench::Arg;
 using kosh::bench::Pct;
 
+constexpr int kWarmup = 200;  // unmeasured iterations of each variant at the start
+
 bool Check(const grpc::Status& s, const char* what) {
   if (!s.ok()) std::fprintf(stderr, "%s: %s\n", what, s.error_message().c_str());
   return s.ok();
@@ -68,6 +73,7 @@ int main(int argc, char** argv) {
   const int rows = std::stoi(Arg(argc, argv, "--rows", "100"));
   const bool load = Arg(argc, argv, "--load", "yes") == "yes";
   const bool with_rank = Arg(argc, argv, "--rank", "yes") == "yes";
+  const int block = std::max(1, std::stoi(Arg(argc, argv, "--block", "200")));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   auto ch = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
@@ -146,13 +152,21 @@ int main(int argc, char** argv) {
 
   std::vector<double> flow_ms, seq_ms, batch_ms, overhead_us, chain_us, rank_ms, rank_overhead_us;
   int partial = 0;
-  for (int it = 0; it < iters + 200; ++it) {
-    const bool measured = it >= 200;
-    std::string user = "u" + std::to_string(rng() % users);
-    std::vector<std::string> prods(rows);
-    for (auto& id : prods) id = "p" + std::to_string(rng() % products);
+  // The requests, drawn up front so every variant sees the same ones: iteration i of each variant
+  // is for users[i] and products[i].
+  const int total = iters + kWarmup;
+  std::vector<std::string> req_user(total);
+  std::vector<std::vector<std::string>> req_prods(total, std::vector<std::string>(rows));
+  for (int it = 0; it < total; ++it) {
+    req_user[it] = "u" + std::to_string(rng() % users);
+    for (auto& id : req_prods[it]) id = "p" + std::to_string(rng() % products);
+  }
 
-    // --- flow (Infer), then the same request through Rank ---
+  // --- flow (Infer), then the same request through Rank ---
+  auto run_flow = [&](int it) {
+    const bool measured = it >= kWarmup;
+    const std::string& user = req_user[it];
+    const std::vector<std::string>& prods = req_prods[it];
     auto fill = [&](auto* req) {
       req->set_model_id("ranker");
       (*req->mutable_context())["user_id"] = user;
@@ -166,7 +180,7 @@ int main(int argc, char** argv) {
       v1::InferResponse resp;
       grpc::ClientContext ctx;
       auto t0 = Clock::now();
-      if (!Check(flows->Infer(&ctx, req, &resp), "infer")) return 1;
+      if (!Check(flows->Infer(&ctx, req, &resp), "infer")) return false;
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       if (resp.partial()) ++partial;
       const int64_t chain = kosh::bench::CriticalChainMicros(resp);
@@ -182,7 +196,7 @@ int main(int argc, char** argv) {
       v1::RankResponse resp;
       grpc::ClientContext ctx;
       auto t0 = Clock::now();
-      if (!Check(flows->Rank(&ctx, req, &resp), "rank")) return 1;
+      if (!Check(flows->Rank(&ctx, req, &resp), "rank")) return false;
       double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       if (resp.partial()) ++partial;
       if (measured) {
@@ -190,7 +204,13 @@ int main(int argc, char** argv) {
         rank_overhead_us.push_back(static_cast<double>(resp.total_micros() - kosh::bench::CriticalChainMicros(resp)));
       }
     }
-    // --- client side, one call per lookup ---
+    return true;
+  };
+  // --- client side: one call per lookup, then four batched calls ---
+  auto run_client = [&](int it) {
+    const bool measured = it >= kWarmup;
+    const std::string& user = req_user[it];
+    const std::vector<std::string>& prods = req_prods[it];
     auto retrieve = [&](const std::string& entity, std::vector<std::vector<std::string>> keys,
                         std::vector<std::string> feats, v1::RetrieveResponse* resp) {
       v1::RetrieveRequest req;
@@ -220,14 +240,14 @@ int main(int argc, char** argv) {
     {
       auto t0 = Clock::now();
       v1::RetrieveResponse ur;
-      if (!retrieve("user", {{user}}, ufeats, &ur)) return 1;
+      if (!retrieve("user", {{user}}, ufeats, &ur)) return false;
       uint64_t recent = 0;
-      if (!clicks(&recent)) return 1;
+      if (!clicks(&recent)) return false;
       std::vector<std::string> cat(rows);
       std::vector<float> price(rows), ctr(rows);
       for (int i = 0; i < rows; ++i) {
         v1::RetrieveResponse pr;
-        if (!retrieve("product", {{prods[i]}}, pfeats, &pr)) return 1;
+        if (!retrieve("product", {{prods[i]}}, pfeats, &pr)) return false;
         price[i] = pr.rows(0).values(0).float32_value();
         ctr[i] = pr.rows(0).values(1).float32_value();
         cat[i] = pr.rows(0).values(2).string_value();
@@ -236,7 +256,7 @@ int main(int argc, char** argv) {
       for (int i = 0; i < rows; ++i) {
         if (cat[i].empty() || aff.count(cat[i])) continue;
         v1::RetrieveResponse ar;
-        if (!retrieve("user_category", {{user, cat[i]}}, afeats, &ar)) return 1;
+        if (!retrieve("user_category", {{user, cat[i]}}, afeats, &ar)) return false;
         aff[cat[i]] = {ar.rows(0).values(0).int32_value(), ar.rows(0).values(1).float32_value()};
       }
       std::vector<std::pair<double, int>> scored;
@@ -253,20 +273,35 @@ int main(int argc, char** argv) {
     {
       auto t0 = Clock::now();
       v1::RetrieveResponse ur, pr, ar;
-      if (!retrieve("user", {{user}}, ufeats, &ur)) return 1;
+      if (!retrieve("user", {{user}}, ufeats, &ur)) return false;
       uint64_t recent = 0;
-      if (!clicks(&recent)) return 1;
+      if (!clicks(&recent)) return false;
       std::vector<std::vector<std::string>> pkeys;
       for (auto& id : prods) pkeys.push_back({id});
-      if (!retrieve("product", pkeys, pfeats, &pr)) return 1;
+      if (!retrieve("product", pkeys, pfeats, &pr)) return false;
       std::set<std::string> cats_seen;
       std::vector<std::vector<std::string>> akeys;
       for (const auto& r : pr.rows()) {
         const std::string& c = r.values(2).string_value();
         if (!c.empty() && cats_seen.insert(c).second) akeys.push_back({user, c});
       }
-      if (!retrieve("user_category", akeys, afeats, &ar)) return 1;
+      if (!retrieve("user_category", akeys, afeats, &ar)) return false;
       if (measured) batch_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    }
+    return true;
+  };
+
+  // Blocks of `block` iterations of each variant in turn (flow, then client), so that both
+  // see the same machine over the run while each runs warm, as a server serving one kind of traffic
+  // does. --block 1 interleaves them request by request: every flow request then follows ~150
+  // client calls that evicted its code and data from the CPU caches.
+  for (int b = 0; b < total; b += block) {
+    const int e = std::min(total, b + block);
+    for (int it = b; it < e; ++it) {
+      if (!run_flow(it)) return 1;
+    }
+    for (int it = b; it < e; ++it) {
+      if (!run_client(it)) return 1;
     }
   }
   double fp50 = Pct(flow_ms, 50), fp99 = Pct(flow_ms, 99), fp999 = Pct(flow_ms, 99.9);
@@ -275,8 +310,8 @@ int main(int argc, char** argv) {
   double ov50 = Pct(overhead_us, 50), ov99 = Pct(overhead_us, 99), ch50 = Pct(chain_us, 50);
   double rp50 = Pct(rank_ms, 50), rp99 = Pct(rank_ms, 99), rp999 = Pct(rank_ms, 99.9);
   double rov50 = Pct(rank_overhead_us, 50), rov99 = Pct(rank_overhead_us, 99);
-  std::printf("variant                      p50 ms   p99 ms   p99.9 ms  (%d requests each, %d rows, closed loop, 1 client)\n",
-              iters, rows);
+  std::printf("variant                      p50 ms   p99 ms   p99.9 ms  (%d requests each, %d rows, closed loop, 1 client, blocks of %d)\n",
+              iters, rows, block);
   std::printf("flow (one Infer)            %7.3f  %7.3f  %8.3f\n", fp50, fp99, fp999);
   if (with_rank) std::printf("rank (one Rank, no matrix)  %7.3f  %7.3f  %8.3f\n", rp50, rp99, rp999);
   std::printf("client, call per lookup     %7.3f  %7.3f  %8.3f\n", sp50, sp99, sp999);
@@ -295,7 +330,7 @@ int main(int argc, char** argv) {
   std::printf("{\"flow_p50_ms\": %.3f, \"flow_p99_ms\": %.3f, \"client_side_p50_ms\": %.3f, \"client_side_p99_ms\": %.3f, "
               "\"client_batched_p99_ms\": %.3f, \"p99_ratio\": %.2f, \"executor_overhead_us_p50\": %.0f, "
               "\"executor_overhead_us_p99\": %.0f, \"chain_us_p50\": %.0f, %s\"iterations\": %d, \"rows\": %d, "
-              "\"partial\": %d}\n",
-              fp50, fp99, sp50, sp99, bp99, fp99 > 0 ? sp99 / fp99 : 0, ov50, ov99, ch50, rank_json, iters, rows, partial);
+              "\"block\": %d, \"partial\": %d}\n",
+              fp50, fp99, sp50, sp99, bp99, fp99 > 0 ? sp99 / fp99 : 0, ov50, ov99, ch50, rank_json, iters, rows, block, partial);
   return 0;
 }
