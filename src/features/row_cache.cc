@@ -1,6 +1,8 @@
 #include "features/row_cache.h"
 
-#include "absl/hash/hash.h"
+#include <cstring>
+#include <new>
+
 
 namespace kosh::features {
 
@@ -9,91 +11,146 @@ RowCache::RowCache(uint64_t capacity_bytes, int shards)
   for (int i = 0; i < shards; ++i) shards_.push_back(std::make_unique<Shard>());
 }
 
-RowCache::Shard& RowCache::ShardFor(absl::string_view key) {
-  // The shard comes from the hash's high bits: each shard's flat_hash_map probes with the same
-  // hash, and its control bytes hold the low 7 bits, so sharding on the low bits would leave a
-  // shard's keys with near-identical control bytes and turn every find into a string-compare scan.
-  return *shards_[(absl::HashOf(key) >> 32) % shards_.size()];
+RowCache::~RowCache() {
+  for (auto& s : shards_) {
+    for (Node* n = s->hot; n != nullptr;) {
+      Node* next = n->next;
+      FreeNode(n);
+      n = next;
+    }
+  }
 }
+
+RowCache::Node* RowCache::NewNode(absl::string_view key, absl::string_view value) {
+  void* mem = ::operator new(sizeof(Node) + key.size() + value.size());
+  Node* n = new (mem) Node{nullptr, nullptr, static_cast<uint32_t>(key.size()), static_cast<uint32_t>(value.size()),
+                           false};
+  if (!key.empty()) std::memcpy(n->data(), key.data(), key.size());
+  if (!value.empty()) std::memcpy(n->data() + key.size(), value.data(), value.size());
+  return n;
+}
+
+void RowCache::FreeNode(Node* n) {
+  n->~Node();
+  ::operator delete(n);
+}
+
+void RowCache::LinkHot(Shard& s, Node* n) {
+  n->prev = nullptr;
+  n->next = s.hot;
+  if (s.hot != nullptr) s.hot->prev = n;
+  s.hot = n;
+  if (s.cold == nullptr) s.cold = n;
+}
+
+void RowCache::Unlink(Shard& s, Node* n) {
+  (n->prev != nullptr ? n->prev->next : s.hot) = n->next;
+  (n->next != nullptr ? n->next->prev : s.cold) = n->prev;
+  n->prev = n->next = nullptr;
+}
+
+// The shard comes from the hash's high bits (ShardOf): each shard's index probes with the same
+// hash, and its control bytes hold the low 7 bits, so sharding on the low bits would leave a
+// shard's keys with near-identical control bytes and turn every find into a string-compare scan.
 
 bool RowCache::Lookup(absl::string_view key, std::string* value, Ticket* ticket) {
   if (capacity_ == 0) {
-    misses_.fetch_add(1, std::memory_order_relaxed);
+    ticket->epoch = 0;
+    disabled_misses_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
-  Shard& s = ShardFor(key);
+  const size_t h = KeyHash{}(key);
+  Shard& s = ShardOf(h);
   absl::MutexLock lock(&s.mu);
-  auto it = s.index.find(key);
+  auto it = s.index.find(key, h);
   if (it == s.index.end()) {
     ticket->epoch = s.epoch;
-    misses_.fetch_add(1, std::memory_order_relaxed);
+    ++s.misses;
     return false;
   }
-  it->second->referenced = true;
-  value->assign(it->second->value);
-  hits_.fetch_add(1, std::memory_order_relaxed);
+  Node* n = *it;
+  n->referenced = true;
+  value->assign(n->value().data(), n->value_size);
+  ++s.hits;
   return true;
 }
 
 void RowCache::Insert(absl::string_view key, absl::string_view value, Ticket ticket) {
   if (capacity_ == 0) return;
-  Shard& s = ShardFor(key);
+  const size_t h = KeyHash{}(key);
+  Shard& s = ShardOf(h);
   absl::MutexLock lock(&s.mu);
   if (s.epoch != ticket.epoch) return;  // a write raced with the read that produced `value`
-  auto it = s.index.find(key);
+  auto it = s.index.find(key, h);
   if (it != s.index.end()) {  // another reader filled it first; both read the same state
-    it->second->referenced = true;
+    (*it)->referenced = true;
     return;
   }
-  s.lru.push_front(Entry{std::string(key), std::string(value)});
-  s.index[s.lru.front().key] = s.lru.begin();
-  s.bytes += Charge(s.lru.front());
-  const Entry* inserted = &s.lru.front();
-  while (s.bytes > shard_capacity_ && !s.lru.empty()) {
-    Entry& victim = s.lru.back();
+  Node* inserted = NewNode(key, value);
+  s.index.insert(inserted);
+  LinkHot(s, inserted);
+  s.bytes += Charge(*inserted);
+  while (s.bytes > shard_capacity_ && s.cold != nullptr) {
+    Node* victim = s.cold;
     // Second chance: a referenced entry loses its bit and moves to the hot end. The entry being
     // inserted is only evicted when it is alone (it does not fit at all).
-    if (victim.referenced || (&victim == inserted && s.lru.size() > 1)) {
-      victim.referenced = false;
-      s.lru.splice(s.lru.begin(), s.lru, std::prev(s.lru.end()));
+    if (victim->referenced || (victim == inserted && s.hot != s.cold)) {
+      victim->referenced = false;
+      Unlink(s, victim);
+      LinkHot(s, victim);
       continue;
     }
-    s.bytes -= Charge(victim);
-    s.index.erase(victim.key);
-    s.lru.pop_back();
-    evictions_.fetch_add(1, std::memory_order_relaxed);
+    s.bytes -= Charge(*victim);
+    s.index.erase(victim);
+    Unlink(s, victim);
+    FreeNode(victim);
+    ++s.evictions;
   }
 }
 
 void RowCache::Invalidate(absl::string_view key) {
   if (capacity_ == 0) return;
-  Shard& s = ShardFor(key);
+  const size_t h = KeyHash{}(key);
+  Shard& s = ShardOf(h);
   absl::MutexLock lock(&s.mu);
   ++s.epoch;
-  auto it = s.index.find(key);
+  auto it = s.index.find(key, h);
   if (it == s.index.end()) return;
-  s.bytes -= Charge(*it->second);
-  auto node = it->second;
+  Node* n = *it;
   s.index.erase(it);
-  s.lru.erase(node);
+  s.bytes -= Charge(*n);
+  Unlink(s, n);
+  FreeNode(n);
 }
+
+namespace {
+
+template <typename Shards, typename F>
+uint64_t Sum(const Shards& shards, F field) {
+  uint64_t total = 0;
+  for (const auto& s : shards) {
+    absl::MutexLock lock(&s->mu);
+    total += field(*s);
+  }
+  return total;
+}
+
+}  // namespace
 
 uint64_t RowCache::bytes() const {
-  uint64_t total = 0;
-  for (const auto& s : shards_) {
-    absl::MutexLock lock(&s->mu);
-    total += s->bytes;
-  }
-  return total;
+  return Sum(shards_, [](const Shard& s) { return s.bytes; });
 }
-
 uint64_t RowCache::entries() const {
-  uint64_t total = 0;
-  for (const auto& s : shards_) {
-    absl::MutexLock lock(&s->mu);
-    total += s->index.size();
-  }
-  return total;
+  return Sum(shards_, [](const Shard& s) { return static_cast<uint64_t>(s.index.size()); });
+}
+uint64_t RowCache::hits() const {
+  return Sum(shards_, [](const Shard& s) { return s.hits; });
+}
+uint64_t RowCache::misses() const {
+  return disabled_misses_.load(std::memory_order_relaxed) + Sum(shards_, [](const Shard& s) { return s.misses; });
+}
+uint64_t RowCache::evictions() const {
+  return Sum(shards_, [](const Shard& s) { return s.evictions; });
 }
 
 }  // namespace kosh::features
