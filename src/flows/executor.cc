@@ -244,11 +244,14 @@ struct Outcome {
 
 class Run {
  public:
-  Run(const CompiledFlow& flow, const v1::InferRequest& req, size_t rows)
-      : arena_(FetchArenaOptions()), f_(flow), req_(req), n_(rows), cols_(flow.columns.size()),
-        outcomes_(flow.components.size()) {}
+  // `shared`: the response's arena, if it has one and the matrix may refer to the run's values
+  // (see WriteMatrix); otherwise the run allocates on an arena of its own.
+  Run(const CompiledFlow& flow, const v1::InferRequest& req, size_t rows, google::protobuf::Arena* shared)
+      : own_arena_(FetchArenaOptions()), arena_(shared != nullptr ? shared : &own_arena_), f_(flow), req_(req),
+        n_(rows), cols_(flow.columns.size()), outcomes_(flow.components.size()) {}
 
-  google::protobuf::Arena arena_;  // inputs and computed values
+  google::protobuf::Arena own_arena_;
+  google::protobuf::Arena* const arena_;  // inputs and computed values
   const CompiledFlow& f_;
   const v1::InferRequest& req_;
   const size_t n_;
@@ -265,7 +268,7 @@ class Run {
     return d.size() == 1 ? d[0] : d[r];
   }
   size_t Rows(const Component& c) const { return c.per_row ? n_ : 1; }
-  v1::Value* NewValue() { return google::protobuf::Arena::CreateMessage<v1::Value>(&arena_); }
+  v1::Value* NewValue() { return google::protobuf::Arena::CreateMessage<v1::Value>(arena_); }
 
   // Columns of a component that did not run (or whose results were discarded): defaults.
   void FillDefaults(const Component& c, ValueStatus status = v1::DEFAULT) {
@@ -644,6 +647,15 @@ void Record(const Component& c, Outcome* o, absl::Duration took) {
 }
 
 // The matrix of an Infer response: column headers, rows in `order`, and the dense form if asked.
+//
+// On a response on an arena (gRPC's), a cell refers to the value it shows instead of copying it
+// (a row then costs one pointer per cell, not a message and, for strings, a copy). That needs every
+// value it refers to to live as long as the response: the run's own values are on the response's
+// arena (Run's `shared`), and the fetches whose values the columns show are handed to the arena,
+// which frees them with the response. Anything else a column may show (the flow's defaults, the
+// request's own values, which its caller may change) is copied once per column onto the arena and
+// that copy is referred to.
+// A response on the heap gets a copy of every cell, as it owns its messages.
 void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferRequest& req,
                  const std::vector<size_t>& order, v1::InferResponse* resp) {
   for (int col : flow.output_cols) {
@@ -673,14 +685,46 @@ void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferReques
     resp->mutable_dense()->Reserve(static_cast<int>(order.size() * width));
   }
   const int ncols = static_cast<int>(flow.output_cols.size());
+  google::protobuf::Arena* const arena = resp->GetArena();
+  const bool refer = arena != nullptr && arena == run.arena_;
+  // The arenas whose values a cell may refer to, and per column the last value copied for it.
+  absl::InlinedVector<const google::protobuf::Arena*, 8> live;
+  struct Copied {
+    const v1::Value* from = nullptr;
+    v1::Value* copy = nullptr;
+  };
+  std::vector<Copied> copied;
+  if (refer) {
+    live.push_back(arena);
+    for (const auto& job : run.fetched_) live.push_back(&job->arena);
+    arena->Own(new std::vector<std::shared_ptr<FetchJob>>(run.fetched_));
+    copied.resize(flow.output_cols.size());
+  }
   resp->mutable_rows()->Reserve(static_cast<int>(order.size()));
   for (size_t r : order) {
     auto* row = resp->add_rows();
     row->set_target(req.targets(static_cast<int>(r)));
     row->mutable_values()->Reserve(ncols);
     row->mutable_statuses()->Reserve(ncols);
-    for (int col : flow.output_cols) {
-      CopyValue(run.V(col, r), row->add_values());
+    for (int i = 0; i < ncols; ++i) {
+      const int col = flow.output_cols[i];
+      const v1::Value& v = run.V(col, r);
+      if (refer) {
+        const v1::Value* shown = &v;
+        if (flow.columns[col].source == ColumnDef::Source::kRequest ||
+            std::find(live.begin(), live.end(), v.GetArena()) == live.end()) {
+          Copied& c = copied[i];
+          if (c.from != &v) {
+            c.from = &v;
+            c.copy = google::protobuf::Arena::CreateMessage<v1::Value>(arena);
+            CopyValue(v, c.copy);
+          }
+          shown = c.copy;
+        }
+        row->mutable_values()->UnsafeArenaAddAllocated(const_cast<v1::Value*>(shown));
+      } else {
+        CopyValue(v, row->add_values());
+      }
       row->add_statuses(run.S(col, r));
     }
     for (size_t d = 0; d < dense_cols.size(); ++d) {
@@ -732,7 +776,8 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
                                                      options_.max_targets, " per request"));
   }
   const size_t n = static_cast<size_t>(req.targets_size());
-  class Run run(flow, req, n);
+  // Infer's response on an arena may refer to the run's values instead of copying them.
+  class Run run(flow, req, n, ranked == nullptr ? resp->GetArena() : nullptr);
   for (const auto& [name, value] : req.context()) {
     auto it = flow.column_index.find(name);
     if (it == flow.column_index.end() || flow.columns[it->second].source != ColumnDef::Source::kContext) {

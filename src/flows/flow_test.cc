@@ -607,6 +607,65 @@ TEST_F(FlowTest, SameMatrixWhetherFetchesRunInlineOrOnThePool) {
   }
 }
 
+// A response on an arena (as gRPC's are) refers to the fetched and computed values instead of
+// copying them; it must show the same matrix as a response on the heap, and stay valid after the
+// request, the flow, the executor and the stored rows it came from are gone or changed.
+TEST_F(FlowTest, MatrixOnAnArenaOutlivesWhatItCameFrom) {
+  // Deadlines long enough for a run under valgrind, which checks the references best.
+  options_.default_deadline_ms = 60000;
+  options_.default_component_timeout_ms = 60000;
+  flows_ = *FlowRegistry::Open(flows_config_.get(), registry_.get(), options_, &metrics_);
+  executor_ = std::make_unique<Executor>(Sources{store_.get()}, options_);
+  ASSERT_TRUE(Put(kFlow).ok());
+  std::vector<std::string> targets;
+  for (int i = 0; i < 30; ++i) targets.push_back(i % 5 == 4 ? "nope" : "p" + std::to_string(1 + i % 3));
+  auto req = Request(targets);
+  req.set_top_k(30);
+  req.set_dense(true);
+  (*req.mutable_request_features())["hour"] = I32(7);
+  v1::InferResponse on_heap;
+  ASSERT_TRUE(Infer(req, &on_heap).ok());
+  on_heap.clear_total_micros();
+  ASSERT_EQ(on_heap.rows_size(), 30);
+  ASSERT_FALSE(on_heap.partial());
+
+  // The request on the heap, the response on an arena; then everything else goes away.
+  google::protobuf::Arena arena;
+  auto* on_arena = google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena);
+  {
+    auto own_req = std::make_unique<v1::InferRequest>(req);
+    auto flow = flows_->Find("ranker", 0);
+    ASSERT_TRUE(flow.ok());
+    ASSERT_TRUE(executor_->Run(**flow, *own_req, on_arena).ok());
+    own_req->Clear();
+  }
+  executor_.reset();
+  ASSERT_TRUE(Put(std::string(kFlow) + "description: another version\n").ok());
+  flows_.reset();
+  Persist("product", "product_stats", {{{"p1"}, {F32(99), Str("c2")}}}, {});
+  Persist("user", "user_profile", {{{"u1"}, {I32(77)}}}, {"age"});
+  on_arena->clear_total_micros();
+  EXPECT_EQ(on_arena->SerializeAsString(), on_heap.SerializeAsString());
+  EXPECT_EQ(on_arena->DebugString(), on_heap.DebugString());
+
+  // The request on the same arena as the response (gRPC's case) gives the same matrix too.
+  auto* req_on_arena = google::protobuf::Arena::CreateMessage<v1::InferRequest>(&arena);
+  *req_on_arena = Request(targets);
+  req_on_arena->set_top_k(30);
+  req_on_arena->set_dense(true);
+  (*req_on_arena->mutable_request_features())["hour"] = I32(7);
+  auto* same_arena = google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena);
+  flows_ = *FlowRegistry::Open(flows_config_.get(), registry_.get(), options_, &metrics_);
+  executor_ = std::make_unique<Executor>(Sources{store_.get()}, options_);
+  ASSERT_TRUE(Infer(*req_on_arena, same_arena).ok());
+  v1::InferResponse heap_now;
+  ASSERT_TRUE(Infer(*req_on_arena, &heap_now).ok());
+  same_arena->clear_total_micros();
+  heap_now.clear_total_micros();
+  EXPECT_EQ(same_arena->SerializeAsString(), heap_now.SerializeAsString());
+  EXPECT_NE(heap_now.SerializeAsString(), on_heap.SerializeAsString());  // the stored rows changed
+}
+
 TEST_F(FlowTest, OptionsParse) {
   auto o = ParseFlowsOptions(YAML::Load("{threads: 2, deadline: 40ms, component_timeout: 10ms, files: [a.yaml]}"));
   ASSERT_TRUE(o.ok()) << o.status();
