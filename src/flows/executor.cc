@@ -305,9 +305,14 @@ class Run {
       if (!ok) continue;
       absl::string_view key = nk > 0 ? parts[0] : absl::string_view();
       if (nk > 1) {
-        // Length-prefixed so ("a|b", "c") and ("a", "b|c") differ.
+        // Each part after its length (4 bytes, this machine's order: the text only de-duplicates
+        // keys within this fetch), so ("a|b", "c") and ("a", "b|c") differ.
         composite.clear();
-        for (absl::string_view p : parts) absl::StrAppend(&composite, p.size(), ":", p);
+        for (absl::string_view p : parts) {
+          const uint32_t len = static_cast<uint32_t>(p.size());
+          composite.append(reinterpret_cast<const char*>(&len), sizeof(len));
+          composite.append(p.data(), p.size());
+        }
         key = composite;
       }
       auto it = seen.find(key);
