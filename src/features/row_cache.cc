@@ -77,6 +77,8 @@ bool RowCache::Lookup(absl::string_view key, std::string* value, Ticket* ticket)
 
 void RowCache::Insert(absl::string_view key, absl::string_view value, Ticket ticket) {
   if (capacity_ == 0) return;
+  // An entry that cannot fit in its shard is not cached (it would evict the whole shard first).
+  if (key.size() + value.size() + kEntryOverhead > shard_capacity_ || value.size() > UINT32_MAX) return;
   const size_t h = KeyHash{}(key);
   Shard& s = ShardOf(h);
   absl::MutexLock lock(&s.mu);

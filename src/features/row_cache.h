@@ -92,7 +92,9 @@ class RowCache {
     uint64_t epoch = 0;       // writes (Invalidate): an Insert with an older ticket is dropped
     uint64_t hits = 0, misses = 0, evictions = 0;
   };
-  static uint64_t Charge(const Node& n) { return uint64_t{n.key_size} + n.value_size + 96; }
+  // Charged per entry on top of its key and value: the node header, the allocator's and the index's.
+  static constexpr uint64_t kEntryOverhead = 96;
+  static uint64_t Charge(const Node& n) { return uint64_t{n.key_size} + n.value_size + kEntryOverhead; }
   static Node* NewNode(absl::string_view key, absl::string_view value);
   static void FreeNode(Node* n);
   static void LinkHot(Shard& s, Node* n);

@@ -657,10 +657,10 @@ void Record(const Component& c, Outcome* o, absl::Duration took) {
 // (a row then costs one pointer per cell, not a message and, for strings, a copy). That needs every
 // value it refers to to live as long as the response: the run's own values are on the response's
 // arena (Run's `shared`), and the fetches whose values the columns show are handed to the arena,
-// which frees them with the response. Anything else a column may show (the flow's defaults, the
-// request's own values, which its caller may change) is copied once per column onto the arena and
-// that copy is referred to.
-// A response on the heap gets a copy of every cell, as it owns its messages.
+// which frees them with the response. Anything else a column may show (the flow's defaults) is
+// copied once per column onto the arena and that copy is referred to. (Only components' columns
+// are shown, never the request's own values, which its caller may change.)
+// A response on the heap gets a copy of every cell, as it owns its messages. `resp` has no rows yet.
 void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferRequest& req,
                  const std::vector<size_t>& order, v1::InferResponse* resp) {
   for (int col : flow.output_cols) {
@@ -699,10 +699,11 @@ void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferReques
     v1::Value* copy = nullptr;
   };
   std::vector<Copied> copied;
+  absl::InlinedVector<bool, 8> referred;  // live[i] holds a value some cell refers to
   if (refer) {
     live.push_back(arena);
     for (const auto& job : run.fetched_) live.push_back(&job->arena);
-    arena->Own(new std::vector<std::shared_ptr<FetchJob>>(run.fetched_));
+    referred.assign(live.size(), false);
     copied.resize(flow.output_cols.size());
   }
   resp->mutable_rows()->Reserve(static_cast<int>(order.size()));
@@ -716,8 +717,10 @@ void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferReques
       const v1::Value& v = run.V(col, r);
       if (refer) {
         const v1::Value* shown = &v;
-        if (flow.columns[col].source == ColumnDef::Source::kRequest ||
-            std::find(live.begin(), live.end(), v.GetArena()) == live.end()) {
+        const size_t where = static_cast<size_t>(std::find(live.begin(), live.end(), v.GetArena()) - live.begin());
+        if (where < live.size()) {
+          referred[where] = true;
+        } else {
           Copied& c = copied[i];
           if (c.from != &v) {
             c.from = &v;
@@ -735,6 +738,15 @@ void WriteMatrix(const CompiledFlow& flow, const Run& run, const v1::InferReques
     for (size_t d = 0; d < dense_cols.size(); ++d) {
       AppendFloats(run.V(dense_cols[d], r), dense_width[d], resp->mutable_dense());
     }
+  }
+  if (refer) {
+    // The fetches some cell refers to live as long as the response; the others (and their model
+    // clients, arenas) go with the run.
+    auto kept = std::make_unique<std::vector<std::shared_ptr<FetchJob>>>();
+    for (size_t j = 0; j < run.fetched_.size(); ++j) {
+      if (referred[j + 1]) kept->push_back(run.fetched_[j]);
+    }
+    if (!kept->empty()) arena->Own(kept.release());
   }
 }
 
@@ -768,6 +780,7 @@ absl::Status Executor::Run(const CompiledFlow& flow, const v1::InferRequest& req
 absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp,
                                 v1::RankResponse* ranked) {
   const absl::Time start = absl::Now();
+  if (resp->rows_size() != 0) return absl::InternalError("flows: Run needs an empty response");
   resp->set_model_id(flow.model_id);
   resp->set_version(flow.version);
   if (req.dry_run()) {

@@ -41,8 +41,9 @@ class Executor {
   // unknown request feature or wrong type, no targets), RESOURCE_EXHAUSTED for too many targets.
   // A failing component is not an error of the call: the response is partial and says so.
   // A response on an arena refers to values it shares with other cells (and keeps what they live
-  // in alive on that arena) instead of copying each cell: read and serialize it, but do not
-  // modify its rows in place.
+  // in alive on that arena) instead of copying each cell: read, print and serialize it, but do not
+  // clear, assign, merge into or otherwise reuse it (protobuf would reuse a shared cell for several
+  // new values). `resp` must be empty.
   absl::Status Run(const CompiledFlow& flow, const v1::InferRequest& req, v1::InferResponse* resp);
 
   // Runs `flow` and returns its targets ranked by the flow's output.sort_by column (with top_k).

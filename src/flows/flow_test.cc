@@ -664,6 +664,32 @@ TEST_F(FlowTest, MatrixOnAnArenaOutlivesWhatItCameFrom) {
   heap_now.clear_total_micros();
   EXPECT_EQ(same_arena->SerializeAsString(), heap_now.SerializeAsString());
   EXPECT_NE(heap_now.SerializeAsString(), on_heap.SerializeAsString());  // the stored rows changed
+  // Changing the request afterwards (its caller may) leaves the response as it was.
+  (*req_on_arena->mutable_request_features())["hour"] = I32(1);
+  req_on_arena->mutable_context()->clear();
+  req_on_arena->clear_targets();
+  EXPECT_EQ(same_arena->SerializeAsString(), heap_now.SerializeAsString());
+
+  // A fetch that timed out is never referred to (its columns show defaults), though it finishes
+  // after the request returned; the response stays valid after it is gone.
+  std::string slow = kFlow;
+  slow.replace(slow.find("    keys: [product_id]\n"), 23, "    keys: [product_id]\n    timeout: 20ms\n    test_delay: 100ms\n");
+  ASSERT_TRUE(Put(slow).ok());
+  auto* timed_out = google::protobuf::Arena::CreateMessage<v1::InferResponse>(&arena);
+  ASSERT_TRUE(Infer(Request(targets), timed_out).ok());
+  v1::InferResponse timed_out_heap;
+  ASSERT_TRUE(Infer(Request(targets), &timed_out_heap).ok());
+  executor_.reset();  // waits for the abandoned fetches
+  EXPECT_TRUE(timed_out->partial());
+  timed_out->clear_total_micros();
+  timed_out_heap.clear_total_micros();
+  for (auto& c : *timed_out->mutable_components()) c.clear_micros();
+  for (auto& c : *timed_out_heap.mutable_components()) c.clear_micros();
+  EXPECT_EQ(timed_out->SerializeAsString(), timed_out_heap.SerializeAsString());
+
+  // Run fills an empty response only.
+  executor_ = std::make_unique<Executor>(Sources{store_.get()}, options_);
+  EXPECT_EQ(Infer(Request(targets), same_arena).code(), absl::StatusCode::kInternal);
 }
 
 TEST_F(FlowTest, OptionsParse) {

@@ -151,13 +151,21 @@ class VersionedConfigs {
   // false, version = the latest). The compiler's error for a bad config; ABORTED when other servers
   // won the race for the next version number kPutAttempts times. A rejected config changes nothing.
   absl::StatusOr<PutResult> Put(const std::string& id, const std::string& config, bool validate_only) {
+    if (validate_only) {
+      // Nothing is stored, so nothing is read either: a check works while the store is away.
+      auto snap = snapshot();
+      auto it = snap->entries.find(id);
+      const uint32_t next = it == snap->entries.end() ? 1 : static_cast<uint32_t>(it->second->records.size()) + 1;
+      PutResult result;
+      ASSIGN_OR_RETURN(result.compiled, compile_(config, next, /*submitted=*/true));
+      return result;
+    }
     absl::MutexLock l(&mu_);
     for (int attempt = 1;; ++attempt) {
       ASSIGN_OR_RETURN(std::vector<Record> recs, ScanVersions(id));
       const uint32_t version = static_cast<uint32_t>(recs.size()) + 1;
       PutResult result;
       ASSIGN_OR_RETURN(result.compiled, compile_(config, version, /*submitted=*/true));
-      if (validate_only) return result;
       auto cur = snapshot();
       auto it = cur->entries.find(id);
       const Entry* old = it == cur->entries.end() ? nullptr : it->second.get();
