@@ -15,26 +15,59 @@ int64_t SystemNowSeconds() {
       .count();
 }
 
-std::string StorageKey(uint32_t group_id, const v1::EntityKey& key) {
+namespace {
+
+// StorageKey over any range of parts (strings or views).
+template <typename Parts>
+std::string StorageKeyOf(uint32_t group_id, const Parts& parts) {
   std::string out;
   size_t total = 4;
-  for (const auto& p : key.parts()) total += p.size() + 2;
+  for (const auto& p : parts) total += p.size() + 2;
   out.reserve(total);
   out.push_back(static_cast<char>(group_id >> 24));
   out.push_back(static_cast<char>(group_id >> 16));
   out.push_back(static_cast<char>(group_id >> 8));
   out.push_back(static_cast<char>(group_id));
-  for (const auto& p : key.parts()) {
+  for (const auto& p : parts) {
     uint64_t n = p.size();
     while (n >= 0x80) {
       out.push_back(static_cast<char>(n | 0x80));
       n >>= 7;
     }
     out.push_back(static_cast<char>(n));
-    out.append(p);
+    out.append(p.data(), p.size());
   }
   return out;
 }
+
+}  // namespace
+
+std::string StorageKey(uint32_t group_id, const v1::EntityKey& key) { return StorageKeyOf(group_id, key.parts()); }
+
+// The keys of a read: a request's EntityKeys, or text views with a fixed number of parts per key.
+class FeatureStore::KeyList {
+ public:
+  explicit KeyList(const google::protobuf::RepeatedPtrField<v1::EntityKey>& keys) : proto_(&keys) {}
+  KeyList(absl::Span<const absl::string_view> parts, size_t per_key) : views_(parts), per_key_(per_key) {}
+
+  size_t size() const {
+    if (proto_ != nullptr) return static_cast<size_t>(proto_->size());
+    return per_key_ == 0 ? 0 : views_.size() / per_key_;
+  }
+  size_t parts(size_t i) const { return proto_ != nullptr ? static_cast<size_t>((*proto_)[static_cast<int>(i)].parts_size()) : per_key_; }
+  size_t part_size(size_t i, size_t p) const {
+    return proto_ != nullptr ? (*proto_)[static_cast<int>(i)].parts(static_cast<int>(p)).size() : views_[i * per_key_ + p].size();
+  }
+  std::string StorageKey(uint32_t group_id, size_t i) const {
+    if (proto_ != nullptr) return StorageKeyOf(group_id, (*proto_)[static_cast<int>(i)].parts());
+    return StorageKeyOf(group_id, views_.subspan(i * per_key_, per_key_));
+  }
+
+ private:
+  const google::protobuf::RepeatedPtrField<v1::EntityKey>* proto_ = nullptr;
+  absl::Span<const absl::string_view> views_;
+  size_t per_key_ = 0;
+};
 
 bool FeatureStore::RowExpired(absl::string_view value, int64_t now_unix_s) {
   uint32_t expiry;
@@ -109,32 +142,31 @@ struct FeatureStore::Plan {
   int64_t now = 0;
 };
 
-absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, Plan* plan) {
+absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, const KeyList& keys, Plan* plan) {
   plan->snap = registry_->snapshot();
   plan->entity = plan->snap->FindEntity(req.entity());
   if (plan->entity == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("entity: unknown entity \"", req.entity(), "\""));
   }
-  if (static_cast<uint32_t>(req.keys_size()) > options_.max_keys_per_request) {
-    return absl::ResourceExhaustedError(absl::StrCat("keys: ", req.keys_size(),
+  if (keys.size() > options_.max_keys_per_request) {
+    return absl::ResourceExhaustedError(absl::StrCat("keys: ", keys.size(),
                                                      " keys exceeds the limit of ",
                                                      options_.max_keys_per_request, " per request"));
   }
   if (req.features().empty()) {
     return absl::InvalidArgumentError("features: name at least one feature (\"group.feature\" or \"group.*\")");
   }
-  const int key_parts = plan->entity->def.key_columns_size();
-  for (int i = 0; i < req.keys_size(); ++i) {
-    const auto& k = req.keys(i);
-    if (k.parts_size() != key_parts) {
+  const size_t key_parts = static_cast<size_t>(plan->entity->def.key_columns_size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (keys.parts(i) != key_parts) {
       return absl::InvalidArgumentError(absl::StrCat(
           "keys[", i, "]: entity \"", req.entity(), "\" is keyed by (",
           absl::StrJoin(plan->entity->def.key_columns(), ", "), "): expected ", key_parts,
-          " part", key_parts == 1 ? "" : "s", ", got ", k.parts_size()));
+          " part", key_parts == 1 ? "" : "s", ", got ", keys.parts(i)));
     }
-    for (int p = 0; p < k.parts_size(); ++p) {
-      if (k.parts(p).size() > options_.max_key_part_bytes) {
-        return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].parts[", p, "]: ", k.parts(p).size(),
+    for (size_t p = 0; p < key_parts; ++p) {
+      if (keys.part_size(i, p) > options_.max_key_part_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].parts[", p, "]: ", keys.part_size(i, p),
                                                        " bytes exceeds the limit of ",
                                                        options_.max_key_part_bytes));
       }
@@ -185,9 +217,9 @@ absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, Plan* plan) 
 namespace {
 
 // Looks up every key of one group through the cache, then the engine for the misses.
-absl::Status FetchGroup(storage::Engine* engine, storage::Keyspace ks, RowCache* cache,
-                        uint32_t group_id, const google::protobuf::RepeatedPtrField<v1::EntityKey>& keys,
-                        std::string* data, std::vector<std::pair<size_t, size_t>>* spans) {
+template <typename Keys>
+absl::Status FetchGroup(storage::Engine* engine, storage::Keyspace ks, RowCache* cache, uint32_t group_id,
+                        const Keys& keys, std::string* data, std::vector<std::pair<size_t, size_t>>* spans) {
   const size_t n = keys.size();
   data->clear();
   spans->assign(n, {0, 0});
@@ -196,7 +228,7 @@ absl::Status FetchGroup(storage::Engine* engine, storage::Keyspace ks, RowCache*
   std::vector<RowCache::Ticket> tickets;
   std::string row;
   for (size_t i = 0; i < n; ++i) {
-    skeys[i] = StorageKey(group_id, keys[static_cast<int>(i)]);
+    skeys[i] = keys.StorageKey(group_id, i);
     RowCache::Ticket t;
     if (cache->Lookup(skeys[i], &row, &t)) {
       if (data->empty()) data->reserve(n * (row.size() + 8));
@@ -264,8 +296,28 @@ absl::Status FeatureStore::ResolveRow(const GroupInfo& g, absl::string_view enc,
 }
 
 absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::RetrieveResponse* resp) {
+  return RetrieveKeys(req, KeyList(req.keys()), resp);
+}
+
+absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, absl::Span<const absl::string_view> parts,
+                                    v1::RetrieveResponse* resp) {
+  auto snap = registry_->snapshot();
+  const EntityInfo* entity = snap->FindEntity(req.entity());
+  if (entity == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("entity: unknown entity \"", req.entity(), "\""));
+  }
+  const size_t per_key = static_cast<size_t>(entity->def.key_columns_size());
+  if (per_key == 0 || parts.size() % per_key != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("keys: ", parts.size(), " key parts for entity \"", req.entity(),
+                                                   "\", which has ", per_key, " key columns"));
+  }
+  return RetrieveKeys(req, KeyList(parts, per_key), resp);
+}
+
+absl::Status FeatureStore::RetrieveKeys(const v1::RetrieveRequest& req, const KeyList& keys,
+                                        v1::RetrieveResponse* resp) {
   Plan plan;
-  RETURN_IF_ERROR(MakePlan(req, &plan));
+  RETURN_IF_ERROR(MakePlan(req, keys, &plan));
   for (const auto& c : plan.columns) {
     auto* col = resp->add_columns();
     col->set_group(plan.groups[c.group].group->def.name());
@@ -273,7 +325,7 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
     col->set_type(c.spec->type());
     col->set_vector_length(c.spec->vector_length());
   }
-  const int nkeys = req.keys_size();
+  const int nkeys = static_cast<int>(keys.size());
   const int ncols = static_cast<int>(plan.columns.size());
   // Column defaults, made on first use: most reads find every value present.
   std::vector<std::unique_ptr<Value>> defaults(ncols);
@@ -291,8 +343,7 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
   std::string scratch;
   for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
     auto& gr = plan.groups[gi];
-    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.row_data,
-                               &gr.row_spans));
+    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), keys, &gr.row_data, &gr.row_spans));
     const std::vector<int>& cols = plan.group_columns[gi];
     std::vector<const FeatureSpec*> specs;
     for (int c : cols) specs.push_back(plan.columns[c].spec);
@@ -331,8 +382,9 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
 
 absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
                                           v1::RetrieveMatrixResponse* resp) {
+  const KeyList keys(req.keys());
   Plan plan;
-  RETURN_IF_ERROR(MakePlan(req, &plan));
+  RETURN_IF_ERROR(MakePlan(req, keys, &plan));
   const int ncols = static_cast<int>(plan.columns.size());
   std::vector<uint32_t> col_offset(ncols);
   uint32_t width = 0;
@@ -373,8 +425,7 @@ absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
   std::string scratch;
   for (size_t gi = 0; gi < plan.groups.size(); ++gi) {
     auto& gr = plan.groups[gi];
-    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), req.keys(), &gr.row_data,
-                               &gr.row_spans));
+    RETURN_IF_ERROR(FetchGroup(engine_, ks_, &cache_, gr.group->def.id(), keys, &gr.row_data, &gr.row_spans));
     const std::vector<int>& cols = plan.group_columns[gi];
     std::vector<const FeatureSpec*> specs;
     for (int c : cols) specs.push_back(plan.columns[c].spec);

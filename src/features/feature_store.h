@@ -11,6 +11,8 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "base/metrics.h"
 #include "features/codec.h"
 #include "features/registry.h"
@@ -42,6 +44,11 @@ class FeatureStore {
   // Per key a row of typed values with statuses. INVALID_ARGUMENT names the offending field
   // (entity, keys[i], features[j]); RESOURCE_EXHAUSTED for too many keys.
   absl::Status Retrieve(const v1::RetrieveRequest& req, v1::RetrieveResponse* resp);
+  // The same for an in-process caller whose keys are text views (the flows executor): req.keys is
+  // ignored; key i is parts[i * n, (i + 1) * n), n = the entity's key columns. The views need only
+  // last for the call.
+  absl::Status Retrieve(const v1::RetrieveRequest& req, absl::Span<const absl::string_view> parts,
+                        v1::RetrieveResponse* resp);
   // The dense float32 form. Requested features must be numeric.
   absl::Status RetrieveMatrix(const v1::RetrieveRequest& req, v1::RetrieveMatrixResponse* resp);
   // Writes all rows or none.
@@ -54,7 +61,10 @@ class FeatureStore {
 
  private:
   struct Plan;
-  absl::Status MakePlan(const v1::RetrieveRequest& req, Plan* plan);
+  class KeyList;
+  // Resolves the entity and features of `req` and checks `keys` against the entity.
+  absl::Status MakePlan(const v1::RetrieveRequest& req, const KeyList& keys, Plan* plan);
+  absl::Status RetrieveKeys(const v1::RetrieveRequest& req, const KeyList& keys, v1::RetrieveResponse* resp);
   // Parses the encoded row `enc` of key index `k` (empty = absent): MISSING, EXPIRED or PRESENT
   // with its view and the layout of its version. DATA_LOSS (counted) if it cannot be decoded.
   absl::Status ResolveRow(const GroupInfo& g, absl::string_view enc, int k, int64_t now, std::string* scratch,

@@ -694,6 +694,40 @@ TEST_F(FeatureStoreTest, CompositeKeys) {
   EXPECT_NE(StorageKey(1, Key({"a", "bc"})), StorageKey(1, Key({"ab", "c"})));
 }
 
+// The in-process form (keys as text views, n parts per key) reads exactly what the request form
+// reads, and checks its keys the same way.
+TEST_F(FeatureStoreTest, KeyViewsReadAsEntityKeys) {
+  CreateGroup("aff", {Feature("clicks", v1::INT64)}, 0, "pair");
+  ASSERT_TRUE(Persist("aff", {Row(Key({"u1", "i1"}), {I64(11)}), Row(Key({"a", "bc"}), {I64(1)})}, {}, 0, "pair").ok());
+  auto by_keys = Get({Key({"a", "bc"}), Key({"u1", "i1"}), Key({"ab", "c"}), Key({"u1", "i1"})}, {"aff.clicks"}, "pair");
+  ASSERT_TRUE(by_keys.ok()) << by_keys.status();
+  v1::RetrieveRequest req;
+  req.set_entity("pair");
+  req.add_features("aff.clicks");
+  std::vector<absl::string_view> parts = {"a", "bc", "u1", "i1", "ab", "c", "u1", "i1"};
+  v1::RetrieveResponse by_views;
+  ASSERT_TRUE(store_->Retrieve(req, parts, &by_views).ok());
+  EXPECT_EQ(by_views.SerializeAsString(), by_keys->SerializeAsString());
+  EXPECT_EQ(by_views.rows(0).values(0).int64_value(), 1);
+  EXPECT_EQ(by_views.rows(2).statuses(0), v1::MISSING);
+  // Keys in the request are ignored on this path.
+  *req.add_keys() = Key({"zz", "zz"});
+  v1::RetrieveResponse again;
+  ASSERT_TRUE(store_->Retrieve(req, parts, &again).ok());
+  EXPECT_EQ(again.SerializeAsString(), by_keys->SerializeAsString());
+  // Bad input, named as on the request path.
+  v1::RetrieveResponse bad;
+  ExpectError(store_->Retrieve(req, std::vector<absl::string_view>{"u1", "i1", "u2"}, &bad),
+              absl::StatusCode::kInvalidArgument, "keys: ", "3 key parts");
+  std::string long_part(17, 'k');
+  ExpectError(store_->Retrieve(req, std::vector<absl::string_view>{"u1", "i1", "u2", long_part}, &bad),
+              absl::StatusCode::kInvalidArgument, "keys[1].parts[1]: ", "17 bytes");
+  ExpectError(store_->Retrieve(req, std::vector<absl::string_view>(18, "u"), &bad),
+              absl::StatusCode::kResourceExhausted, "keys: ", "limit of 8");
+  req.set_entity("ghost");
+  ExpectError(store_->Retrieve(req, parts, &bad), absl::StatusCode::kInvalidArgument, "entity: ", "\"ghost\"");
+}
+
 TEST(StorageKeyTest, Format) {
   EXPECT_EQ(StorageKey(0x01020304, Key({"ab"})), std::string("\x01\x02\x03\x04\x02" "ab", 7));
   EXPECT_EQ(StorageKey(7, Key({"x", ""})), std::string("\x00\x00\x00\x07\x01x\x00", 7));

@@ -172,13 +172,15 @@ struct FetchJob {
 struct FeatureFetch final : FetchJob {
   explicit FeatureFetch(features::FeatureStore* s) : store(s), req(New<v1::RetrieveRequest>()),
                                                      resp(New<v1::RetrieveResponse>()) {}
-  absl::Status Do() override { return store->Retrieve(*req, resp); }
-  void AddKey(absl::Span<const absl::string_view> parts) override {
-    auto* k = req->add_keys();
-    for (absl::string_view p : parts) k->add_parts(p.data(), p.size());
+  absl::Status Do() override { return store->Retrieve(*req, parts, resp); }
+  // The parts are copied to the job's arena: a fetch that timed out runs on after its request
+  // (and the cells its keys came from) are gone.
+  void AddKey(absl::Span<const absl::string_view> key) override {
+    for (absl::string_view p : key) parts.push_back(Keep(p));
   }
   features::FeatureStore* store;
-  v1::RetrieveRequest* req;
+  v1::RetrieveRequest* req;  // entity and features; the keys are `parts`
+  std::vector<absl::string_view> parts;
   v1::RetrieveResponse* resp;
 };
 
@@ -336,7 +338,7 @@ class Run {
         for (int m : c.merged) {
           for (const auto& ref : f_.components[m].feature_refs) f->req->add_features(ref);
         }
-        f->req->mutable_keys()->Reserve(static_cast<int>(Rows(c)));
+        f->parts.reserve(Rows(c) * c.key_cols.size());
         job = f;
         break;
       }
