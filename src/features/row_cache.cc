@@ -13,7 +13,7 @@ RowCache::RowCache(uint64_t capacity_bytes, int shards)
 
 RowCache::~RowCache() {
   for (auto& s : shards_) {
-    for (Node* n = s->hot; n != nullptr;) {
+    for (Node* n = s->order.front(); n != nullptr;) {
       Node* next = n->next;
       FreeNode(n);
       n = next;
@@ -33,20 +33,6 @@ RowCache::Node* RowCache::NewNode(absl::string_view key, absl::string_view value
 void RowCache::FreeNode(Node* n) {
   n->~Node();
   ::operator delete(n);
-}
-
-void RowCache::LinkHot(Shard& s, Node* n) {
-  n->prev = nullptr;
-  n->next = s.hot;
-  if (s.hot != nullptr) s.hot->prev = n;
-  s.hot = n;
-  if (s.cold == nullptr) s.cold = n;
-}
-
-void RowCache::Unlink(Shard& s, Node* n) {
-  (n->prev != nullptr ? n->prev->next : s.hot) = n->next;
-  (n->next != nullptr ? n->next->prev : s.cold) = n->prev;
-  n->prev = n->next = nullptr;
 }
 
 // The shard comes from the hash's high bits (ShardOf): each shard's index probes with the same
@@ -90,21 +76,20 @@ void RowCache::Insert(absl::string_view key, absl::string_view value, Ticket tic
   }
   Node* inserted = NewNode(key, value);
   s.index.insert(inserted);
-  LinkHot(s, inserted);
+  s.order.PushFront(inserted);
   s.bytes += Charge(*inserted);
-  while (s.bytes > shard_capacity_ && s.cold != nullptr) {
-    Node* victim = s.cold;
+  while (s.bytes > shard_capacity_ && !s.order.empty()) {
+    Node* victim = s.order.back();
     // Second chance: a referenced entry loses its bit and moves to the hot end. The entry being
     // inserted is only evicted when it is alone (it does not fit at all).
-    if (victim->referenced || (victim == inserted && s.hot != s.cold)) {
+    if (victim->referenced || (victim == inserted && s.order.front() != victim)) {
       victim->referenced = false;
-      Unlink(s, victim);
-      LinkHot(s, victim);
+      s.order.MoveToFront(victim);
       continue;
     }
     s.bytes -= Charge(*victim);
     s.index.erase(victim);
-    Unlink(s, victim);
+    s.order.Remove(victim);
     FreeNode(victim);
     ++s.evictions;
   }
@@ -121,7 +106,7 @@ void RowCache::Invalidate(absl::string_view key) {
   Node* n = *it;
   s.index.erase(it);
   s.bytes -= Charge(*n);
-  Unlink(s, n);
+  s.order.Remove(n);
   FreeNode(n);
 }
 

@@ -25,6 +25,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "base/intrusive_list.h"
 
 namespace kosh::features {
 
@@ -58,7 +59,7 @@ class RowCache {
  private:
   // One entry in one allocation: this header, then the key bytes, then the value bytes.
   struct Node {
-    Node* prev;  // towards the hot end
+    Node* prev;  // in Shard::order, towards the hot end
     Node* next;  // towards the cold end
     uint32_t key_size;
     uint32_t value_size;
@@ -86,8 +87,8 @@ class RowCache {
   struct alignas(64) Shard {
     absl::Mutex mu;
     absl::flat_hash_set<Node*, KeyHash, KeyEq> index;
-    Node* hot = nullptr;   // most recently inserted or given a second chance
-    Node* cold = nullptr;  // the next eviction candidate
+    // front: most recently inserted or given a second chance; back: the next eviction candidate
+    base::IntrusiveList<Node> order;
     uint64_t bytes = 0;
     uint64_t epoch = 0;       // writes (Invalidate): an Insert with an older ticket is dropped
     uint64_t hits = 0, misses = 0, evictions = 0;
@@ -97,8 +98,6 @@ class RowCache {
   static uint64_t Charge(const Node& n) { return uint64_t{n.key_size} + n.value_size + kEntryOverhead; }
   static Node* NewNode(absl::string_view key, absl::string_view value);
   static void FreeNode(Node* n);
-  static void LinkHot(Shard& s, Node* n);
-  static void Unlink(Shard& s, Node* n);
   Shard& ShardOf(size_t hash) { return *shards_[(hash >> 32) % shards_.size()]; }
 
   uint64_t capacity_;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/hash/hash.h"
+#include "base/intrusive_list.h"
 
 namespace kosh::interactions {
 
@@ -11,7 +12,7 @@ struct HotTier::Entry {
   std::shared_ptr<const std::string> record;  // ready entries only
   // Loading entries: writes to merge on FinishLoad, as (type id, operand block).
   std::vector<std::pair<uint32_t, std::string>> pending;
-  Entry* prev = nullptr;                      // LRU list of ready entries, most recent first
+  Entry* prev = nullptr;  // in Shard::lru (ready entries)
   Entry* next = nullptr;
   int64_t last_ms = 0;
   uint64_t gen = 0;
@@ -23,8 +24,7 @@ struct HotTier::Shard {
   absl::Mutex mu;
   // Keys view Entry::user, which lives as long as the entry.
   absl::flat_hash_map<absl::string_view, std::unique_ptr<Entry>> map ABSL_GUARDED_BY(mu);
-  Entry* head ABSL_GUARDED_BY(mu) = nullptr;
-  Entry* tail ABSL_GUARDED_BY(mu) = nullptr;
+  base::IntrusiveList<Entry> lru ABSL_GUARDED_BY(mu);  // ready entries, most recent first
   uint64_t bytes ABSL_GUARDED_BY(mu) = 0;
   uint64_t budget = 0;
 };
@@ -68,23 +68,9 @@ HotTier::Shard& HotTier::ShardFor(absl::string_view user) {
   return *shards_[(h >> 40) % shards_.size()];
 }
 
-void HotTier::Unlink(Shard& s, Entry* e) {
-  if (e->prev != nullptr) e->prev->next = e->next; else s.head = e->next;
-  if (e->next != nullptr) e->next->prev = e->prev; else s.tail = e->prev;
-  e->prev = e->next = nullptr;
-}
-
-void HotTier::PushFront(Shard& s, Entry* e) {
-  e->prev = nullptr;
-  e->next = s.head;
-  if (s.head != nullptr) s.head->prev = e;
-  s.head = e;
-  if (s.tail == nullptr) s.tail = e;
-}
-
 void HotTier::Remove(Shard& s, Entry* e, std::atomic<uint64_t>* counter) {
   if (!e->loading) {
-    Unlink(s, e);
+    s.lru.Remove(e);
     s.bytes -= e->bytes;
     bytes_.fetch_sub(e->bytes, std::memory_order_relaxed);
     users_.fetch_sub(1, std::memory_order_relaxed);
@@ -103,7 +89,7 @@ void HotTier::SetRecord(Shard& s, Entry* e, std::shared_ptr<const std::string> r
 }
 
 void HotTier::EnforceBudget(Shard& s) {
-  while (s.bytes > s.budget && s.tail != nullptr) Remove(s, s.tail, &evict_memory_);
+  while (s.bytes > s.budget && !s.lru.empty()) Remove(s, s.lru.back(), &evict_memory_);
 }
 
 HotTier::Lookup HotTier::Get(absl::string_view user, int64_t now_ms, std::shared_ptr<const std::string>* record,
@@ -123,10 +109,7 @@ HotTier::Lookup HotTier::Get(absl::string_view user, int64_t now_ms, std::shared
     }
     hits_.fetch_add(1, std::memory_order_relaxed);
     e->last_ms = now_ms;
-    if (s.head != e) {
-      Unlink(s, e);
-      PushFront(s, e);
-    }
+    s.lru.MoveToFront(e);
     *record = e->record;
     return Lookup::kHit;
   }
@@ -169,7 +152,7 @@ std::shared_ptr<const std::string> HotTier::FinishLoad(absl::string_view user, c
   users_.fetch_add(1, std::memory_order_relaxed);
   loads_.fetch_add(1, std::memory_order_relaxed);
   SetRecord(s, e, rec);
-  PushFront(s, e);
+  s.lru.PushFront(e);
   EnforceBudget(s);  // may evict this very entry if it alone exceeds the budget
   return rec;
 }
@@ -202,10 +185,7 @@ void HotTier::ApplyWrite(absl::string_view user, absl::Span<const RecordEntry> o
   }
   SetRecord(s, e, std::make_shared<const std::string>(std::move(merged)));
   e->last_ms = now_ms;
-  if (s.head != e) {
-    Unlink(s, e);
-    PushFront(s, e);
-  }
+  s.lru.MoveToFront(e);
   EnforceBudget(s);
 }
 
@@ -223,7 +203,7 @@ void HotTier::Clear() {
   for (auto& sp : shards_) {
     Shard& s = *sp;
     absl::MutexLock lock(&s.mu);
-    while (s.tail != nullptr) Remove(s, s.tail, &evict_other_);
+    while (!s.lru.empty()) Remove(s, s.lru.back(), &evict_other_);
     s.map.clear();  // loading entries: their loads will find no entry and install nothing
   }
 }
@@ -234,8 +214,8 @@ size_t HotTier::EvictIdle(int64_t now_ms, size_t max_per_shard) {
   for (auto& sp : shards_) {
     Shard& s = *sp;
     absl::MutexLock lock(&s.mu);
-    for (size_t n = 0; n < max_per_shard && s.tail != nullptr && s.tail->last_ms < before; ++n) {
-      Remove(s, s.tail, &evict_idle_);
+    for (size_t n = 0; n < max_per_shard && !s.lru.empty() && s.lru.back()->last_ms < before; ++n) {
+      Remove(s, s.lru.back(), &evict_idle_);
       ++evicted;
     }
   }

@@ -97,8 +97,6 @@ class HotTier {
   Shard& ShardFor(absl::string_view user);
   // Removes `e` from its shard (lock held). Counts it under `counter` when not null.
   void Remove(Shard& s, Entry* e, std::atomic<uint64_t>* counter);
-  void Unlink(Shard& s, Entry* e);
-  void PushFront(Shard& s, Entry* e);
   // Installs a new record in a ready entry and updates the byte counts (lock held).
   void SetRecord(Shard& s, Entry* e, std::shared_ptr<const std::string> record);
   // Evicts least recently used entries while the shard is over its budget (lock held).
