@@ -68,13 +68,6 @@ absl::StatusOr<FlowsOptions> ParseFlowsOptions(const YAML::Node& node) {
   return o;
 }
 
-absl::StatusOr<std::string> ConfigModelId(absl::string_view config) {
-  ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(config));
-  std::string id;
-  RETURN_IF_ERROR(base::YamlReader(root, "").GetString("model_id", &id));
-  return id;
-}
-
 namespace {
 
 class Compiler {

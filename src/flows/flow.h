@@ -136,7 +136,4 @@ absl::StatusOr<std::shared_ptr<const CompiledFlow>> CompileFlow(absl::string_vie
                                                                const FlowsOptions& options,
                                                                base::MetricsRegistry* metrics);
 
-// The model_id a config declares (or an error if it is not a YAML mapping with a string model_id).
-absl::StatusOr<std::string> ConfigModelId(absl::string_view config);
-
 }  // namespace kosh::flows

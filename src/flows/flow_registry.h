@@ -28,8 +28,10 @@ struct FlowConfigTraits {
   static constexpr const char* kSingular = "flow";
   static constexpr const char* kPlural = "flows";
   static constexpr const char* kIdField = "model_id";
-  static const std::string& Id(const Record& r) { return r.model_id(); }
-  static void SetId(Record* r, const std::string& id) { r->set_model_id(id); }
+  template <typename M>
+  static const std::string& Id(const M& m) { return m.model_id(); }
+  template <typename M>
+  static void SetId(M* m, const std::string& id) { m->set_model_id(id); }
 };
 
 class FlowRegistry {
@@ -52,17 +54,19 @@ class FlowRegistry {
   // INVALID_ARGUMENT with the compiler's error for a bad config, or when req.model_id disagrees
   // with the config's model_id; ABORTED when other servers kept winning the race for the next
   // version number. A rejected config changes nothing.
-  absl::StatusOr<v1::PutFlowResponse> Put(const v1::PutFlowRequest& req);
+  absl::StatusOr<v1::PutFlowResponse> Put(const v1::PutFlowRequest& req) {
+    return configs_->PutRequest<v1::PutFlowResponse>(req);
+  }
 
   // Version 0 = the latest. NOT_FOUND for an unknown model or version.
   absl::StatusOr<v1::FlowRecord> Get(const std::string& model_id, uint32_t version) const {
     return configs_->Get(model_id, version);
   }
-  std::vector<v1::FlowSummary> List() const;
+  std::vector<v1::FlowSummary> List() const { return configs_->Summaries<v1::FlowSummary>(); }
   // The compiled flow to run. NOT_FOUND for an unknown model or version; FAILED_PRECONDITION if
   // the version no longer compiles against the schema.
   absl::StatusOr<std::shared_ptr<const CompiledFlow>> Find(const std::string& model_id, uint32_t version) const {
-    return configs_->Find(model_id, version, "no longer compiles against the schema");
+    return configs_->Find(model_id, version);
   }
 
  private:

@@ -350,13 +350,6 @@ absl::StatusOr<PipelinesOptions> ParsePipelinesOptions(const YAML::Node& node) {
   return o;
 }
 
-absl::StatusOr<std::string> ConfigPipelineId(absl::string_view config) {
-  ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(config));
-  std::string id;
-  RETURN_IF_ERROR(base::YamlReader(root, "").GetString("pipeline_id", &id));
-  return id;
-}
-
 absl::StatusOr<std::shared_ptr<const CompiledPipeline>> CompilePipeline(absl::string_view config, uint32_t version,
                                                                         const NodeRegistry& registry,
                                                                         const NodeEnv& env,

@@ -99,10 +99,6 @@ absl::StatusOr<std::shared_ptr<const CompiledPipeline>> CompilePipeline(absl::st
                                                                         const NodeEnv& env,
                                                                         base::MetricsRegistry* metrics);
 
-// The pipeline_id a config declares (empty when none), or INVALID_ARGUMENT if the config is not
-// a YAML mapping.
-absl::StatusOr<std::string> ConfigPipelineId(absl::string_view config);
-
 // "ok", "failed", ... for a v1::NodeStatus (metrics labels).
 const char* NodeStatusLabel(int status);
 

@@ -24,8 +24,10 @@ struct PipelineConfigTraits {
   static constexpr const char* kSingular = "pipeline";
   static constexpr const char* kPlural = "pipelines";
   static constexpr const char* kIdField = "pipeline_id";
-  static const std::string& Id(const Record& r) { return r.pipeline_id(); }
-  static void SetId(Record* r, const std::string& id) { r->set_pipeline_id(id); }
+  template <typename M>
+  static const std::string& Id(const M& m) { return m.pipeline_id(); }
+  template <typename M>
+  static void SetId(M* m, const std::string& id) { m->set_pipeline_id(id); }
 };
 
 class PipelineRegistry {
@@ -44,26 +46,27 @@ class PipelineRegistry {
   // (created = false). INVALID_ARGUMENT with the compiler's error, or when req.pipeline_id
   // disagrees with the config's; ABORTED when other servers kept winning the race for the next
   // version number. A rejected config changes nothing.
-  absl::StatusOr<v1::PutPipelineResponse> Put(const v1::PutPipelineRequest& req);
+  absl::StatusOr<v1::PutPipelineResponse> Put(const v1::PutPipelineRequest& req) {
+    return configs_->PutRequest<v1::PutPipelineResponse>(req);
+  }
 
   // Version 0 = the latest. NOT_FOUND for an unknown pipeline or version.
   absl::StatusOr<v1::PipelineRecord> Get(const std::string& pipeline_id, uint32_t version) const {
     return configs_->Get(pipeline_id, version);
   }
-  std::vector<v1::PipelineSummary> List() const;
+  std::vector<v1::PipelineSummary> List() const { return configs_->Summaries<v1::PipelineSummary>(); }
   // The compiled pipeline to run. NOT_FOUND for an unknown pipeline or version;
   // FAILED_PRECONDITION if that version does not compile in this server.
   absl::StatusOr<std::shared_ptr<const CompiledPipeline>> Find(const std::string& pipeline_id, uint32_t version) const {
-    return configs_->Find(pipeline_id, version, "does not compile in this server");
+    return configs_->Find(pipeline_id, version);
   }
 
   // Re-reads and recompiles every stored version (the store's watch calls this).
   absl::Status Reload() { return configs_->Reload(); }
 
  private:
-  explicit PipelineRegistry(const NodeEnv& env) : env_(env) {}
+  PipelineRegistry() = default;
 
-  NodeEnv env_;
   std::unique_ptr<storage::VersionedConfigs<PipelineConfigTraits>> configs_;
 };
 

@@ -17,9 +17,11 @@
 //
 // Traits (see flows/flow_registry.h and pipelines/pipeline_registry.h):
 //   using Record = v1::FlowRecord;   // has version(), config(), set_* and the id field
-//   using Compiled = CompiledFlow;
-//   static const std::string& Id(const Record&);  static void SetId(Record*, const std::string&);
+//   using Compiled = CompiledFlow;   // has `plan` (the Put response's)
 //   static constexpr const char* kSingular = "flow", *kPlural = "flows", *kIdField = "model_id";
+//   // The id field of a record, put request and response, or summary (all named kIdField):
+//   template <typename M> static const std::string& Id(const M&);
+//   template <typename M> static void SetId(M*, const std::string&);
 //
 // Thread-safe: Put and reloads are serialised by a mutex; reads take the snapshot.
 #pragma once
@@ -40,6 +42,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "base/config.h"
 #include "base/metrics.h"
 #include "base/status.h"
 #include "spdlog/spdlog.h"
@@ -91,6 +94,12 @@ class VersionedConfigs {
     std::string compile_context;
     // Counts reloads after the first load (may be null; must outlive the object).
     base::Counter* reloads = nullptr;
+    // Find's FAILED_PRECONDITION says a version "<not_compiling>: <error>".
+    std::string not_compiling = "does not compile";
+    // A submitted config larger than this is refused before it is parsed (0: no limit here), naming
+    // the option that sets it.
+    uint64_t max_config_bytes = 0;
+    std::string max_config_bytes_option;
   };
 
   // Loads and compiles every stored version, then watches `store` (which must outlive the object)
@@ -203,6 +212,39 @@ class VersionedConfigs {
     }
   }
 
+  // Put for a request message (config(), validate_only(), the id field) into its response (the id
+  // field, version, created, and the compiled config's plan). The id is the config's kIdField, or
+  // the request's when the config has none; when both are given they must agree.
+  template <typename Response, typename Request>
+  absl::StatusOr<Response> PutRequest(const Request& req) {
+    if (req.config().empty()) return absl::InvalidArgumentError("config: empty");
+    if (policy_.max_config_bytes != 0 && req.config().size() > policy_.max_config_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("config: ", req.config().size(), " bytes exceeds the limit of ",
+                                                       policy_.max_config_bytes, " (", policy_.max_config_bytes_option,
+                                                       ")"));
+    }
+    ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(req.config()));
+    std::string id;
+    RETURN_IF_ERROR(base::YamlReader(root, "").GetString(Traits::kIdField, &id));
+    const std::string& asked = Traits::Id(req);
+    if (id.empty()) id = asked;
+    if (!asked.empty() && asked != id) {
+      return absl::InvalidArgumentError(absl::StrCat(Traits::kIdField, ": \"", asked, "\" differs from the config's ",
+                                                     Traits::kIdField, " \"", id, "\""));
+    }
+    if (id.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(Traits::kIdField, ": required (in the config or the request)"));
+    }
+    ASSIGN_OR_RETURN(PutResult put, Put(id, req.config(), req.validate_only()));
+    Response resp;
+    Traits::SetId(&resp, id);
+    *resp.mutable_plan() = put.compiled->plan;
+    resp.mutable_plan()->set_version(put.version);
+    resp.set_version(put.version);
+    resp.set_created(put.created);
+    return resp;
+  }
+
   // Version 0 = the latest. NOT_FOUND for an unknown id or version.
   absl::StatusOr<Record> Get(const std::string& id, uint32_t version) const {
     ASSIGN_OR_RETURN(Found f, FindVersion(id, version));
@@ -210,26 +252,30 @@ class VersionedConfigs {
   }
 
   // The compiled version to run (0 = the latest). NOT_FOUND for an unknown id or version;
-  // FAILED_PRECONDITION (with `not_compiling`, e.g. "no longer compiles against the schema", and
-  // the error) when that version does not compile now.
-  absl::StatusOr<std::shared_ptr<const Compiled>> Find(const std::string& id, uint32_t version,
-                                                       absl::string_view not_compiling) const {
+  // FAILED_PRECONDITION (Policy::not_compiling and the error) when that version does not compile now.
+  absl::StatusOr<std::shared_ptr<const Compiled>> Find(const std::string& id, uint32_t version) const {
     ASSIGN_OR_RETURN(Found f, FindVersion(id, version));
     const Entry& e = *f.entry;
     const uint32_t v = f.version;
     if (e.compiled[v - 1] == nullptr) {
       return absl::FailedPreconditionError(absl::StrCat(Traits::kSingular, " \"", id, "\" version ", v, " ",
-                                                        not_compiling, ": ", e.compile_errors[v - 1]));
+                                                        policy_.not_compiling, ": ", e.compile_errors[v - 1]));
     }
     return e.compiled[v - 1];
   }
 
-  // (id, number of versions) of every id, sorted by id.
-  std::vector<std::pair<std::string, uint32_t>> Ids() const {
+  // One summary (the id field, latest_version, num_versions) per id, sorted by id.
+  template <typename Summary>
+  std::vector<Summary> Summaries() const {
     auto snap = snapshot();
-    std::vector<std::pair<std::string, uint32_t>> out;
-    for (const auto& [id, e] : snap->entries) out.emplace_back(id, static_cast<uint32_t>(e->records.size()));
-    std::sort(out.begin(), out.end());
+    std::vector<Summary> out;
+    for (const auto& [id, e] : snap->entries) {
+      Summary& sum = out.emplace_back();
+      Traits::SetId(&sum, id);
+      sum.set_latest_version(static_cast<uint32_t>(e->records.size()));
+      sum.set_num_versions(static_cast<uint32_t>(e->records.size()));
+    }
+    std::sort(out.begin(), out.end(), [](const Summary& a, const Summary& b) { return Traits::Id(a) < Traits::Id(b); });
     return out;
   }
 
@@ -285,13 +331,14 @@ class VersionedConfigs {
     return absl::OkStatus();
   }
 
-  // The stored versions of one id, in order.
-  absl::StatusOr<std::vector<Record>> ScanVersions(const std::string& id) {
-    std::vector<Record> recs;
+  // The stored records under `prefix` ("" = all), by id, each id's versions in order.
+  absl::StatusOr<std::map<std::string, std::vector<Record>>> ScanRecords(absl::string_view prefix) {
+    std::map<std::string, std::vector<Record>> loaded;
     absl::Status bad;
-    std::string prefix = id;
-    prefix.push_back('\0');
     RETURN_IF_ERROR(store_->Scan(prefix, [&](absl::string_view key, absl::string_view value) {
+      // Keys sort by (id, version): an id's versions arrive in order. The id is the key up to its
+      // 0x00, so a record is checked against the versions of its own key.
+      auto& recs = loaded[std::string(key.substr(0, key.find('\0')))];
       Record rec;
       bad = ParseRecord(key, value, recs.size() + 1, &rec);
       if (!bad.ok()) return false;
@@ -299,7 +346,15 @@ class VersionedConfigs {
       return true;
     }));
     RETURN_IF_ERROR(bad);
-    return recs;
+    return loaded;
+  }
+
+  // The stored versions of one id, in order.
+  absl::StatusOr<std::vector<Record>> ScanVersions(const std::string& id) {
+    std::string prefix = id;
+    prefix.push_back('\0');
+    ASSIGN_OR_RETURN(auto loaded, ScanRecords(prefix));
+    return std::move(loaded[id]);
   }
 
   // The entry of one id from its stored records. With `reuse`, a version whose config equals the
@@ -336,20 +391,7 @@ class VersionedConfigs {
   }
 
   absl::Status ReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    std::map<std::string, std::vector<Record>> loaded;
-    absl::Status bad;
-    RETURN_IF_ERROR(store_->Scan("", [&](absl::string_view key, absl::string_view value) {
-      // Keys sort by (id, version): an id's versions arrive in order. The id is the key up to its
-      // 0x00, so a record is checked against the versions of its own key.
-      const std::string id(key.substr(0, key.find('\0')));
-      auto& recs = loaded[id];
-      Record rec;
-      bad = ParseRecord(key, value, recs.size() + 1, &rec);
-      if (!bad.ok()) return false;
-      recs.push_back(std::move(rec));
-      return true;
-    }));
-    RETURN_IF_ERROR(bad);
+    ASSIGN_OR_RETURN(auto loaded, ScanRecords(""));
     auto cur = snapshot();
     auto next = std::make_shared<Snapshot>();
     for (auto& [id, recs] : loaded) {
@@ -357,17 +399,19 @@ class VersionedConfigs {
       next->entries[id] = BuildEntry(id, std::move(recs), it == cur->entries.end() ? nullptr : it->second.get(),
                                      /*reuse=*/!policy_.recompile_on_reload);
     }
-    std::atomic_store_explicit(&snapshot_, std::shared_ptr<const Snapshot>(std::move(next)),
-                               std::memory_order_release);
+    SetSnapshot(std::move(next));
     return absl::OkStatus();
+  }
+
+  void SetSnapshot(std::shared_ptr<const Snapshot> next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::atomic_store_explicit(&snapshot_, std::move(next), std::memory_order_release);
   }
 
   // Publishes a snapshot with `entry` as the versions of `id`.
   void Publish(const std::string& id, std::shared_ptr<const Entry> entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto next = std::make_shared<Snapshot>(*snapshot());
     next->entries[id] = std::move(entry);
-    std::atomic_store_explicit(&snapshot_, std::shared_ptr<const Snapshot>(std::move(next)),
-                               std::memory_order_release);
+    SetSnapshot(std::move(next));
   }
 
   ConfigStore* store_;
