@@ -48,7 +48,16 @@ std::string StorageKey(uint32_t group_id, const v1::EntityKey& key) { return Sto
 class FeatureStore::KeyList {
  public:
   explicit KeyList(const google::protobuf::RepeatedPtrField<v1::EntityKey>& keys) : proto_(&keys) {}
-  KeyList(absl::Span<const absl::string_view> parts, size_t per_key) : views_(parts), per_key_(per_key) {}
+  // Views: the number of parts per key is the entity's, known once the plan has found it (Bind).
+  explicit KeyList(absl::Span<const absl::string_view> parts) : views_(parts) {}
+
+  // Views only: cuts the parts into keys of `per_key`; false if they do not divide evenly.
+  bool Bind(size_t per_key) {
+    if (proto_ != nullptr) return true;
+    per_key_ = per_key;
+    return per_key != 0 && views_.size() % per_key == 0;
+  }
+  size_t total_parts() const { return views_.size(); }
 
   size_t size() const {
     if (proto_ != nullptr) return static_cast<size_t>(proto_->size());
@@ -142,12 +151,18 @@ struct FeatureStore::Plan {
   int64_t now = 0;
 };
 
-absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, const KeyList& keys, Plan* plan) {
+absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, KeyList* key_list, Plan* plan) {
   plan->snap = registry_->snapshot();
   plan->entity = plan->snap->FindEntity(req.entity());
   if (plan->entity == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("entity: unknown entity \"", req.entity(), "\""));
   }
+  const size_t key_parts = static_cast<size_t>(plan->entity->def.key_columns_size());
+  if (!key_list->Bind(key_parts)) {
+    return absl::InvalidArgumentError(absl::StrCat("keys: ", key_list->total_parts(), " key parts for entity \"",
+                                                   req.entity(), "\", which has ", key_parts, " key columns"));
+  }
+  const KeyList& keys = *key_list;
   if (keys.size() > options_.max_keys_per_request) {
     return absl::ResourceExhaustedError(absl::StrCat("keys: ", keys.size(),
                                                      " keys exceeds the limit of ",
@@ -156,7 +171,6 @@ absl::Status FeatureStore::MakePlan(const v1::RetrieveRequest& req, const KeyLis
   if (req.features().empty()) {
     return absl::InvalidArgumentError("features: name at least one feature (\"group.feature\" or \"group.*\")");
   }
-  const size_t key_parts = static_cast<size_t>(plan->entity->def.key_columns_size());
   for (size_t i = 0; i < keys.size(); ++i) {
     if (keys.parts(i) != key_parts) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -301,23 +315,12 @@ absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, v1::Retrieve
 
 absl::Status FeatureStore::Retrieve(const v1::RetrieveRequest& req, absl::Span<const absl::string_view> parts,
                                     v1::RetrieveResponse* resp) {
-  auto snap = registry_->snapshot();
-  const EntityInfo* entity = snap->FindEntity(req.entity());
-  if (entity == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("entity: unknown entity \"", req.entity(), "\""));
-  }
-  const size_t per_key = static_cast<size_t>(entity->def.key_columns_size());
-  if (per_key == 0 || parts.size() % per_key != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("keys: ", parts.size(), " key parts for entity \"", req.entity(),
-                                                   "\", which has ", per_key, " key columns"));
-  }
-  return RetrieveKeys(req, KeyList(parts, per_key), resp);
+  return RetrieveKeys(req, KeyList(parts), resp);
 }
 
-absl::Status FeatureStore::RetrieveKeys(const v1::RetrieveRequest& req, const KeyList& keys,
-                                        v1::RetrieveResponse* resp) {
+absl::Status FeatureStore::RetrieveKeys(const v1::RetrieveRequest& req, KeyList keys, v1::RetrieveResponse* resp) {
   Plan plan;
-  RETURN_IF_ERROR(MakePlan(req, keys, &plan));
+  RETURN_IF_ERROR(MakePlan(req, &keys, &plan));
   for (const auto& c : plan.columns) {
     auto* col = resp->add_columns();
     col->set_group(plan.groups[c.group].group->def.name());
@@ -382,9 +385,9 @@ absl::Status FeatureStore::RetrieveKeys(const v1::RetrieveRequest& req, const Ke
 
 absl::Status FeatureStore::RetrieveMatrix(const v1::RetrieveRequest& req,
                                           v1::RetrieveMatrixResponse* resp) {
-  const KeyList keys(req.keys());
+  KeyList keys(req.keys());
   Plan plan;
-  RETURN_IF_ERROR(MakePlan(req, keys, &plan));
+  RETURN_IF_ERROR(MakePlan(req, &keys, &plan));
   const int ncols = static_cast<int>(plan.columns.size());
   std::vector<uint32_t> col_offset(ncols);
   uint32_t width = 0;

@@ -62,9 +62,10 @@ class FeatureStore {
  private:
   struct Plan;
   class KeyList;
-  // Resolves the entity and features of `req` and checks `keys` against the entity.
-  absl::Status MakePlan(const v1::RetrieveRequest& req, const KeyList& keys, Plan* plan);
-  absl::Status RetrieveKeys(const v1::RetrieveRequest& req, const KeyList& keys, v1::RetrieveResponse* resp);
+  // Resolves the entity and features of `req` and checks `keys` against the entity (cutting views
+  // into keys of the entity's key columns).
+  absl::Status MakePlan(const v1::RetrieveRequest& req, KeyList* keys, Plan* plan);
+  absl::Status RetrieveKeys(const v1::RetrieveRequest& req, KeyList keys, v1::RetrieveResponse* resp);
   // Parses the encoded row `enc` of key index `k` (empty = absent): MISSING, EXPIRED or PRESENT
   // with its view and the layout of its version. DATA_LOSS (counted) if it cannot be decoded.
   absl::Status ResolveRow(const GroupInfo& g, absl::string_view enc, int k, int64_t now, std::string* scratch,
