@@ -572,13 +572,31 @@ TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
   EXPECT_EQ(lr.version().state(), v1::VERSION_CURRENT);
   EXPECT_EQ(ReadBytes(server, "k1"), "B:k1");
 
+  // Over gRPC, a waiting load whose caller gives up (its deadline passes) stops: the version ends
+  // FAILED, CANCELLED, and the current version keeps serving.
+  {
+    auto stub = v1::Datasets::NewStub(server.NewChannel());
+    v1::LoadVersionRequest req;
+    req.set_dataset("ds");
+    req.set_path(b);
+    req.set_rate_limit_bytes_per_second(65536);  // ~16 s for ~1 MB: far past the deadline
+    v1::LoadVersionResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    EXPECT_EQ(stub->LoadVersion(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    ASSERT_TRUE(WaitForState(server, 3, v1::VERSION_FAILED));
+    EXPECT_THAT(VersionOf(List(server, "ds"), 3).failure(), HasSubstr("CANCELLED"));
+    EXPECT_EQ(List(server, "ds").current_version(), 2u);
+    EXPECT_EQ(ReadBytes(server, "k1"), "B:k1");
+  }
+
   // A shutdown while such a load is running stops the load, and the server exits cleanly.
   std::thread loader2([&] {
     server.Post("/v1/datasets/load_version",
                 R"({"dataset": "ds", "path": ")" + b + R"(", "rate_limit_bytes_per_second": 262144})", {},
                 Millis(60000));
   });
-  ASSERT_TRUE(listed(3));
+  ASSERT_TRUE(listed(4));
   const auto t0 = std::chrono::steady_clock::now();
   ExitStatus st = server.Stop();
   EXPECT_TRUE(st.exited && st.code == 0) << st.ToString();

@@ -41,12 +41,35 @@ absl::string_view GrpcAuthorization(grpc::CallbackServerContext* ctx) {
   return absl::string_view(it->second.data(), it->second.size());
 }
 
+namespace {
+// The context of the long-running gRPC call running on this thread (RunUnary), for CallCancelled.
+thread_local grpc::CallbackServerContext* tls_long_running_call = nullptr;
+}  // namespace
+
+std::function<bool()> CallCancelled() {
+  grpc::CallbackServerContext* ctx = tls_long_running_call;
+  if (ctx == nullptr) return [] { return false; };
+  return [ctx] { return ctx->IsCancelled(); };
+}
+
 grpc::ServerUnaryReactor* RunUnary(Service* service, int id, grpc::CallbackServerContext* ctx,
                                    const google::protobuf::Message* req, google::protobuf::Message* resp) {
-  absl::Status st = service->Call(Protocol::kGrpc, id, GrpcAuthorization(ctx), *req, resp);
-  if (!st.ok()) resp->Clear();
   auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(st));
+  auto run = [service, id, ctx, req, resp, reactor] {
+    absl::Status st = service->Call(Protocol::kGrpc, id, GrpcAuthorization(ctx), *req, resp);
+    if (!st.ok()) resp->Clear();
+    reactor->Finish(ToGrpcStatus(st));
+  };
+  if (!service->method(id).long_running) {
+    run();
+    return reactor;
+  }
+  const bool spawned = service->SpawnLongRunning([run, ctx] {
+    tls_long_running_call = ctx;
+    run();
+    tls_long_running_call = nullptr;
+  });
+  if (!spawned) reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "cannot start a thread for the call"));
   return reactor;
 }
 
@@ -118,6 +141,8 @@ absl::StatusOr<std::unique_ptr<Service>> Service::Open(const ServerOptions& opti
 }
 
 Service::~Service() {
+  // Long-running calls (loads) see readiness false and stop; they use family state.
+  long_running_.Wait();
   // Family state references the engine, and later families may use earlier ones (flows read
   // through the feature store), so destroy them in reverse order of start.
   while (!families_.empty()) families_.pop_back();

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/metrics.h"
+#include "base/thread_group.h"
 #include "google/protobuf/message.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/service_type.h"
@@ -54,8 +55,9 @@ struct MethodDef {
   const google::protobuf::Message* request_prototype;   // default instance of the request type
   const google::protobuf::Message* response_prototype;  // default instance of the response type
   Handler handler;
-  // Takes seconds or more (a dataset load): the HTTP front end runs it on a thread of its own
-  // instead of one of its I/O threads, so it does not hold up other requests.
+  // Takes seconds or more (a dataset load): both front ends run it on a thread of its own instead
+  // of one of their serving threads (gRPC's callback threads, the HTTP I/O threads), so it does not
+  // hold up other requests. Over gRPC, CallCancelled() tells it when the client cancelled.
   bool long_running = false;
 };
 
@@ -131,6 +133,9 @@ class Service {
   // Readiness: true once open, false from BeginDrain on.
   bool ready() const { return ready_.load(std::memory_order_acquire); }
   void BeginDrain() { ready_.store(false, std::memory_order_release); }
+  // Runs `fn` on a thread of its own, waited for before any family is destroyed; false if no
+  // thread could be started. For long-running gRPC calls (RunUnary).
+  bool SpawnLongRunning(std::function<void()> fn) { return long_running_.Spawn(std::move(fn)); }
   // Flushes the storage engine so that a restart need not replay its log.
   absl::Status Flush() { return engine_->Flush(); }
 
@@ -155,6 +160,7 @@ class Service {
   std::vector<std::unique_ptr<Method>> methods_;
   absl::flat_hash_map<std::string, int> http_paths_;
   std::atomic<bool> ready_{false};
+  base::ThreadGroup long_running_;
 };
 
 // Maps a status to the HTTP status code the JSON API returns for it.
@@ -164,7 +170,13 @@ grpc::Status ToGrpcStatus(const absl::Status& s);
 // The "authorization" metadata of a gRPC call, or empty.
 absl::string_view GrpcAuthorization(grpc::CallbackServerContext* ctx);
 
-// Runs method `id` for a unary gRPC callback handler and finishes the call.
+// Called within a long-running method's handler: a test of whether the gRPC client cancelled this
+// call, usable from any thread while the call runs. Always false for other calls (HTTP gives no
+// such signal).
+std::function<bool()> CallCancelled();
+
+// Runs method `id` for a unary gRPC callback handler and finishes the call; a long-running method
+// on a thread of its own (Service::SpawnLongRunning), UNAVAILABLE if none can be started.
 grpc::ServerUnaryReactor* RunUnary(Service* service, int id, grpc::CallbackServerContext* ctx,
                                    const google::protobuf::Message* req, google::protobuf::Message* resp);
 
