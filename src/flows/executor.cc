@@ -230,7 +230,16 @@ struct ModelFetch final : FetchJob {
   std::vector<float> scores;
 };
 
+// The fetches of one stage: which are done and when, for the request thread waiting on them.
 struct StageSync {
+  explicit StageSync(size_t n) : done(n, false), finished(n, absl::InfinitePast()) {}
+  // Fetch j is done (its result or error is in its job).
+  void Finish(size_t j) {
+    absl::MutexLock l(&mu);
+    done[j] = true;
+    finished[j] = absl::Now();
+    cv.SignalAll();
+  }
   absl::Mutex mu;
   absl::CondVar cv;
   std::vector<bool> done ABSL_GUARDED_BY(mu);
@@ -879,12 +888,7 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
     }
     const size_t nf = fetches.size();
     std::vector<std::shared_ptr<FetchJob>> jobs(nf);
-    auto sync = std::make_shared<StageSync>();
-    {
-      absl::MutexLock l(&sync->mu);
-      sync->done.assign(nf, false);
-      sync->finished.assign(nf, absl::InfinitePast());
-    }
+    auto sync = std::make_shared<StageSync>(nf);
     std::vector<absl::Time> job_deadline(nf);
     // The biggest lookup (most keys) runs on this thread: the others usually finish first, so the
     // request thread rarely has to wait to be woken.
@@ -899,10 +903,7 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
       job_deadline[j] = std::min(deadline, stage_start + absl::Milliseconds(c.timeout_ms));
       jobs[j]->deadline = job_deadline[j];
       if (jobs[j]->num_keys == 0) {
-        // Nothing to look up (every key part missing): complete without a store call.
-        absl::MutexLock l(&sync->mu);
-        sync->done[j] = true;
-        sync->finished[j] = absl::Now();
+        sync->Finish(j);  // nothing to look up (every key part missing): no store call
         continue;
       }
       if (c.test_delay_ms == 0 && (inline_job < 0 || jobs[j]->num_keys > jobs[inline_job]->num_keys)) {
@@ -920,18 +921,13 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
       pool_.Schedule([job = jobs[j], sync, j] {
         if (job->claimed.exchange(true, std::memory_order_acq_rel)) return;  // the request thread took it
         job->Execute();
-        absl::MutexLock l(&sync->mu);
-        sync->done[j] = true;
-        sync->finished[j] = absl::Now();
-        sync->cv.SignalAll();
+        sync->Finish(j);
       });
     }
     // Run the chosen fetch here, then every other one that no pool thread has started yet.
     auto run_here = [&](size_t j) {
       jobs[j]->Execute();
-      absl::MutexLock l(&sync->mu);
-      sync->done[j] = true;
-      sync->finished[j] = absl::Now();
+      sync->Finish(j);
     };
     for (size_t j = 0; j < nf; ++j) {
       if (!small(j) || absl::Now() >= job_deadline[j]) continue;
@@ -948,7 +944,6 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
       if (!jobs[j]->claimed.exchange(true, std::memory_order_acq_rel)) run_here(j);
     }
     std::vector<bool> completed(nf, false);
-    std::vector<absl::Time> finished(nf);
     {
       absl::MutexLock l(&sync->mu);
       while (true) {
@@ -965,7 +960,6 @@ absl::Status Executor::Evaluate(const CompiledFlow& flow, const v1::InferRequest
       }
       for (size_t j = 0; j < nf; ++j) {
         completed[j] = sync->done[j] && sync->finished[j] <= job_deadline[j];
-        finished[j] = sync->finished[j];
       }
     }
     for (size_t j = 0; j < nf; ++j) {
