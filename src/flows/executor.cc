@@ -291,9 +291,10 @@ class Run {
   }
 
   // Fills the de-duplicated key list of a fetch; job->row_map[r] is the key index of row r, or -1
-  // when a key part is missing (its source cell is missing or expired, or empty). Keys are views:
-  // a one-part STRING key is the cell's own text (it outlives the fetch's preparation); numbers
-  // and composite keys are copied to the job's arena once per distinct key.
+  // when a key part is missing (its source cell is missing or expired, or empty). The
+  // de-duplication map holds views: a one-part STRING key is the cell's own text (it outlives the
+  // preparation); a number or composite key is copied to the job's arena once per distinct key.
+  // AddKey gives the job its own copy of what its store call needs, once per distinct key.
   void BuildKeys(const Component& c, FetchJob* job) {
     const size_t rows = Rows(c);
     const size_t nk = c.key_cols.size();
