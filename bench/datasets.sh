@@ -13,11 +13,13 @@
 #
 #   --input-gb G       raw CSV input to generate (default 5): ~1.85M users per GB, 20-50 items each
 #   --rate R           reader requests/s, 3 keys each (default 1000)
-#   --rounds N         measurement rounds (default 8); each is: idle window, verified load, idle
-#                      window, load without whole-file checksums (--no-verify)
+#   --rounds N         measurement rounds (default 8); each is: idle window, load with the default
+#                      verification (whole-file checksums checked after the swap), idle window,
+#                      load with the checksums checked before the swap (--verify before-swap)
 #   --window S         length of every measured window in seconds (default 3). A load window starts
-#                      with the load and lasts max(S, the load); the idle window before it lasts as
-#                      long, so both sides of a comparison hold the same number of requests.
+#                      with the load and lasts max(S, the load, the end of its after-swap check);
+#                      the idle window before it lasts as long, so both sides of a comparison hold
+#                      the same number of requests.
 #   --writers W        online-path writers, one Persist in flight each (default 4)
 #   --online-max-s S   stop the online path after S seconds and extrapolate its total from the rows
 #                      written (default 900; 0 = write every row)
@@ -188,7 +190,7 @@ note_uptime "start"
   --out "$TMP/reader.bin" 2>"$TMP/reader.err" &
 READER_PID=$!
 sleep 5  # warm-up, not measured
-log "reader: $RATE MultiGet/s of 3 keys; $ROUNDS rounds of (idle, verified load, idle, load --no-verify), windows of at least ${WINDOW} s"
+log "reader: $RATE MultiGet/s of 3 keys; $ROUNDS rounds of (idle, load (check after the swap), idle, load --verify before-swap), windows of at least ${WINDOW} s"
 
 # The loads run from one long-lived process (ds_bench loads, at nice 10 as a batch-side client would
 # be), so that no process start lands in a measured window.
@@ -246,13 +248,14 @@ build_s, build_cpu = float(build_s), float(build_user) + float(build_sys)
 windows = json.loads(analysis)                      # per window: requests, p50/p99/p99.9, errors
 build = json.load(open(f"{tmp}/build.json"))
 loads = [json.load(open(f"{tmp}/load.{i}.json")) for i in range(1, rounds + 1)]
-noverify = [json.load(open(f"{tmp}/noverify.{i}.json")) for i in range(1, rounds + 1)]
+checks = [json.load(open(f"{tmp}/load.{i}.check.json")) for i in range(1, rounds + 1)]
+before = [json.load(open(f"{tmp}/before.{i}.json")) for i in range(1, rounds + 1)]
 online = json.load(open(f"{tmp}/online.json"))
 uptimes = [l.split(None, 1) for l in open(f"{tmp}/uptime.txt")]
 
 def kind(name):
     k = name.split(".")[0]
-    return {"idle": "idle", "load": "load", "noverify": "load_noverify", "online": "online",
+    return {"idle": "idle", "load": "load", "before": "load_before_swap", "online": "online",
             "after_online": "after_online"}[k]
 groups = {}
 for name, w in windows.items():
@@ -276,7 +279,7 @@ pooled = json.loads(subprocess.check_output([os.environ["DSB"], "analyze", "--re
 
 mb = input_bytes / 1e6
 total = [r["total_seconds"] for r in loads]
-total_nv = [r["total_seconds"] for r in noverify]
+total_bs = [r["total_seconds"] for r in before]
 load_swap = statistics.median(total)
 online_total = online["seconds"] * users / online["rows"] if online["rows"] else float("inf")
 out = {
@@ -286,21 +289,25 @@ out = {
     "build_mb_s_per_core": round(mb / build_s / cores, 1), "build_mb_per_cpu_s": round(mb / build_cpu, 1),
     "build_output_gb": round(build["output_bytes"] / 1e9, 3), "build_files": int(bulk_files),
     "loads": len(total), "load_swap_s": round(load_swap, 3), "load_swap_s_max": round(max(total), 3),
-    "load_verify_s": round(statistics.median(r.get("verify_seconds", 0) for r in loads), 3),
     "load_ingest_s": round(statistics.median(r.get("ingest_seconds", 0) for r in loads), 3),
     "swap_ms": round(1000 * statistics.median(r.get("swap_seconds", 0) for r in loads), 2),
-    "load_swap_s_noverify": round(statistics.median(total_nv), 3),
-    "load_swap_s_noverify_max": round(max(total_nv), 3),
+    "checks_after_swap": [c["checksums"] for c in checks],
+    "check_after_swap_s": round(statistics.median(c["checksum_seconds"] for c in checks), 3),
+    "check_after_swap_s_max": round(max(c["checksum_seconds"] for c in checks), 3),
+    "load_to_checked_s": round(statistics.median(c["check_end_s"] for c in checks), 3),
+    "load_swap_s_before_swap": round(statistics.median(total_bs), 3),
+    "load_swap_s_before_swap_max": round(max(total_bs), 3),
+    "load_verify_s_before_swap": round(statistics.median(r.get("verify_seconds", 0) for r in before), 3),
     "reader_rate": int(rate), "window_s": int(window),
     "reader_p99_ms_idle": med("idle"), "reader_p99_ms_idle_windows": nwin("idle"),
     "reader_p50_ms_idle": med("idle", "p50_ms"), "reader_p999_ms_idle": med("idle", "p999_ms"),
     "reader_p99_ms_during_load": med("load"), "reader_p99_ms_during_load_windows": nwin("load"),
     "reader_p50_ms_during_load": med("load", "p50_ms"), "reader_p999_ms_during_load": med("load", "p999_ms"),
-    "reader_p99_ms_during_load_noverify": med("load_noverify"),
-    "reader_p99_ms_during_load_noverify_windows": nwin("load_noverify"),
+    "reader_p99_ms_during_load_before_swap": med("load_before_swap"),
+    "reader_p99_ms_during_load_before_swap_windows": nwin("load_before_swap"),
     "reader_p99_ms_idle_pooled": pooled.get("idle", {}).get("p99_ms", 0.0),
     "reader_p99_ms_during_load_pooled": pooled.get("load", {}).get("p99_ms", 0.0),
-    "reader_p99_ms_during_load_noverify_pooled": pooled.get("load_noverify", {}).get("p99_ms", 0.0),
+    "reader_p99_ms_during_load_before_swap_pooled": pooled.get("load_before_swap", {}).get("p99_ms", 0.0),
     "reader_errors": sum(w.get("errors", 0) + w.get("missing", 0) for w in windows.values()),
     "bulk_total_s": round(build_s + load_swap, 2),
     "online_rows": online["rows"], "online_capped": online["capped"],
@@ -313,11 +320,11 @@ out = {
 }
 ratio = lambda a, b: round(a / b, 2) if b else None
 out["p99_during_load_over_idle"] = ratio(out["reader_p99_ms_during_load"], out["reader_p99_ms_idle"])
-out["p99_during_load_noverify_over_idle"] = ratio(out["reader_p99_ms_during_load_noverify"], out["reader_p99_ms_idle"])
+out["p99_during_load_before_swap_over_idle"] = ratio(out["reader_p99_ms_during_load_before_swap"], out["reader_p99_ms_idle"])
 out["online_over_bulk"] = round(online_total / out["bulk_total_s"], 1)
 out["targets"] = {
     "load_swap_under_1s": out["load_swap_s"] < 1.0,
-    "load_swap_noverify_under_1s": out["load_swap_s_noverify"] < 1.0,
+    "every_after_swap_check_verified": all(c == "CHECKSUMS_VERIFIED" for c in out["checks_after_swap"]),
     "p99_during_load_within_1_2x_idle": (out["p99_during_load_over_idle"] or 99) <= 1.2,
     "bulk_5x_faster_than_online": out["online_over_bulk"] >= 5,
     "build_100_mb_s_per_core": out["build_mb_s_per_core"] >= 100,
@@ -327,16 +334,19 @@ print(f"input            {out['input_gb']} GB, {users} users, {cores} cores")
 print(f"machine          load average (1/5/15 min): " + "; ".join(f"{k} {v.strip()}" for k, v in uptimes))
 print(f"build            {out['build_s']} s wall, {out['build_cpu_s']} s cpu: {out['build_mb_s_per_core']} MB/s per core "
       f"({out['build_mb_per_cpu_s']} MB per cpu-second); {out['build_output_gb']} GB in {out['build_files']} files")
-print(f"load+swap        median of {len(total)} {out['load_swap_s']} s (max {out['load_swap_s_max']}; verify {out['load_verify_s']}, "
-      f"ingest {out['load_ingest_s']}, swap {out['swap_ms']} ms); without whole-file checksums median of "
-      f"{len(total_nv)} {out['load_swap_s_noverify']} s (max {out['load_swap_s_noverify_max']})")
+print(f"load+swap        median of {len(total)} {out['load_swap_s']} s (max {out['load_swap_s_max']}; "
+      f"ingest {out['load_ingest_s']}, swap {out['swap_ms']} ms); checksums checked after the swap in "
+      f"{out['check_after_swap_s']} s (max {out['check_after_swap_s_max']}), all checked {out['load_to_checked_s']} s "
+      f"after the call; results {sorted(set(out['checks_after_swap']))}")
+print(f"  before-swap    median of {len(total_bs)} {out['load_swap_s_before_swap']} s (max "
+      f"{out['load_swap_s_before_swap_max']}; checksum pass {out['load_verify_s_before_swap']} s)")
 print(f"bulk total       {out['bulk_total_s']} s (build + load+swap)")
 print(f"online           {online['rows']} rows in {online['seconds']} s ({online['rows_per_s']} rows/s)"
       f"{' capped, total extrapolated' if online['capped'] else ''}: {out['online_total_s']} s; "
       f"{out['files_after_online']} storage files after, {out['pending_compaction_bytes_after_online']} bytes of compaction pending")
 print(f"reader, ms: median over the windows of each window's percentile; pooled p99 of all their requests")
 print(f"{'windows':24} {'n':>3} {'p50':>8} {'p99':>8} {'p99.9':>8} {'pooled p99':>11} {'requests':>9} {'errors':>7}")
-for k, label in [("idle", "idle"), ("load", "load (verified)"), ("load_noverify", "load (--no-verify)"),
+for k, label in [("idle", "idle"), ("load", "load + check after"), ("load_before_swap", "load, check before"),
                  ("online", "online path"), ("after_online", "after online")]:
     ws = groups.get(k, [])
     if not ws:
@@ -345,7 +355,7 @@ for k, label in [("idle", "idle"), ("load", "load (verified)"), ("load_noverify"
           f"{pooled.get(k, {}).get('p99_ms', 0.0):11.3f} {sum(w['requests'] for w in ws):9d} "
           f"{sum(w['errors'] + w['missing'] for w in ws):7d}")
 print("per-window p99 (ms), in order:")
-for k in ["idle", "load", "load_noverify"]:
+for k in ["idle", "load", "load_before_swap"]:
     print(f"  {k:14} " + " ".join(f"{w['p99_ms']:.1f}" for w in groups.get(k, [])))
 print(f"targets          {out['targets']}")
 print(json.dumps(out))

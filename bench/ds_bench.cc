@@ -19,12 +19,15 @@
 //            achieved rate, errors, p50/p99/p99.9/max latency in ms.
 //   loads    The load side of the bulk path, as one long-lived process so that no process start
 //            lands in a measured window: --rounds rounds of (idle window, LoadVersion of the next
-//            of --builds (comma-separated, used in turn) with whole-file checksums, idle window,
-//            LoadVersion of the next build with verify_checksums false). A load window starts with
-//            the call and lasts max(--window seconds, the load); the idle window before it lasts as
-//            long as the previous load window (--window for the first). Appends the windows to
-//            --phases ("idle.v<i>", "load.<i>", "idle.n<i>", "noverify.<i>", then "idle.last") and
-//            writes each LoadVersionResponse as JSON to --out-dir/<window name>.json.
+//            of --builds (comma-separated, used in turn) with the server's default verification
+//            (the whole-file checksum check after the swap), idle window, LoadVersion of the next
+//            build with VERIFY_BEFORE_SWAP). A load window starts with the call and lasts
+//            max(--window seconds, the load, the end of its after-swap check: ListVersions is
+//            polled every 20 ms); the idle window before it lasts as long as the previous load
+//            window (--window for the first). Appends the windows to --phases ("idle.v<i>",
+//            "load.<i>", "idle.b<i>", "before.<i>", then "idle.last"), writes each
+//            LoadVersionResponse as JSON to --out-dir/<window name>.json and the check's end to
+//            <window name>.check.json ({"check_end_s", "checksum_seconds", "checksums"}).
 //   online   The online write path: reads the same CSV --inputs, encodes each user's list the way
 //            datasets store it (src/datasets/value_codec.h) and writes it through
 //            FeatureStore.Persist into --entity/--group as the single BYTES feature --feature,
@@ -58,6 +61,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "datasets/value_codec.h"
 #include "google/protobuf/util/json_util.h"
@@ -349,17 +353,40 @@ int Loads() {
     sleep_s(last);
     ph << name << " " << a << " " << NowNs() << std::endl;
   };
-  auto load = [&](const std::string& name, bool verify) -> bool {
+  // The version's state once its after-swap checksum check has ended (polled every 20 ms).
+  auto await_check = [&](uint64_t version) -> kosh::v1::VersionInfo {
+    while (true) {
+      kosh::v1::ListVersionsRequest lr;
+      lr.set_dataset(dataset);
+      kosh::v1::ListVersionsResponse out;
+      grpc::ClientContext c;
+      c.set_deadline(SysClock::now() + std::chrono::seconds(10));
+      if (stub->ListVersions(&c, lr, &out).ok() && out.datasets_size() == 1) {
+        for (const auto& v : out.datasets(0).versions()) {
+          if (v.version() == version && v.checksums() != kosh::v1::CHECKSUMS_PENDING) return v;
+        }
+      }
+      sleep_s(0.02);
+    }
+  };
+  auto load = [&](const std::string& name, kosh::v1::VerifyMode verify) -> bool {
     kosh::v1::LoadVersionRequest req;
     req.set_dataset(dataset);
     req.set_path(builds[next_build++ % builds.size()]);
-    if (!verify) req.set_verify_checksums(false);
+    req.set_verify(verify);
     kosh::v1::LoadVersionResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(SysClock::now() + std::chrono::hours(1));
     const int64_t a = NowNs();
     const auto start = Steady::now();
     grpc::Status st = stub->LoadVersion(&ctx, req, &resp);
+    // With the check after the swap, the window also covers the check: it ends when the check does.
+    double check_end = 0;
+    kosh::v1::VersionInfo checked;
+    if (st.ok() && resp.version().checksums() == kosh::v1::CHECKSUMS_PENDING) {
+      checked = await_check(resp.version().version());
+      check_end = std::chrono::duration<double>(Steady::now() - start).count();
+    }
     const double took = std::chrono::duration<double>(Steady::now() - start).count();
     if (took < window) sleep_s(window - took);
     const int64_t b = NowNs();
@@ -374,16 +401,24 @@ int Loads() {
     opts.preserve_proto_field_names = true;
     (void)google::protobuf::util::MessageToJsonString(resp, &json, opts);
     std::ofstream(out_dir + "/" + name + ".json") << json << "\n";
+    std::ofstream(out_dir + "/" + name + ".check.json")
+        << absl::StrFormat("{\"check_end_s\": %.3f, \"checksum_seconds\": %.3f, \"checksums\": \"%s\"}\n", check_end,
+                           checked.checksum_seconds(), kosh::v1::ChecksumState_Name(checked.checksums()));
     std::cerr << "loads: " << name << " " << req.path() << ": " << resp.total_seconds() << " s (verify "
               << resp.verify_seconds() << ", ingest " << resp.ingest_seconds() << ", swap " << resp.swap_seconds()
-              << ")\n";
+              << ")";
+    if (check_end > 0) {
+      std::cerr << "; checksums " << kosh::v1::ChecksumState_Name(checked.checksums()) << " " << check_end
+                << " s after the call (the check took " << checked.checksum_seconds() << " s)";
+    }
+    std::cerr << "\n";
     return true;
   };
   for (int i = 1; i <= rounds; ++i) {
     idle(absl::StrCat("idle.v", i));
-    if (!load(absl::StrCat("load.", i), true)) return 1;
-    idle(absl::StrCat("idle.n", i));
-    if (!load(absl::StrCat("noverify.", i), false)) return 1;
+    if (!load(absl::StrCat("load.", i), kosh::v1::VERIFY_DEFAULT)) return 1;
+    idle(absl::StrCat("idle.b", i));
+    if (!load(absl::StrCat("before.", i), kosh::v1::VERIFY_BEFORE_SWAP)) return 1;
   }
   idle("idle.last");
   return 0;

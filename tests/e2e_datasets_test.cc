@@ -93,6 +93,15 @@ std::string ReadBytes(const KoshServer& s, const std::string& key, uint64_t vers
   return resp.entry().status() == v1::FOUND ? resp.entry().value().bytes_value() : "";
 }
 
+// Waits up to 30 s for version `v` of "ds" to reach `state`.
+bool WaitForState(const KoshServer& s, uint64_t v, v1::VersionState state) {
+  for (int i = 0; i < 3000; ++i) {
+    if (VersionOf(List(s, "ds"), v).state() == state) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 // --- build -> load -> swap -> rollback ---------------------------------------------------------------
 
 TEST(DatasetsE2E, BuildLoadSwapRollbackRestart) {
@@ -347,7 +356,7 @@ TEST(DatasetsE2E, CorruptTruncatedAndIncompleteBuildsAreRejectedWithTheReason) {
     f.seekp(64);
     f.write("garbage!", 8);
   }
-  CommandResult r = Load(server, "ds", c);
+  CommandResult r = Load(server, "ds", c, {"--verify", "before-swap"});
   EXPECT_EQ(r.status.code, 1);
   EXPECT_THAT(r.err, HasSubstr("DATA_LOSS"));
   EXPECT_THAT(r.err, HasSubstr("checksum mismatch"));
@@ -383,6 +392,34 @@ TEST(DatasetsE2E, CorruptTruncatedAndIncompleteBuildsAreRejectedWithTheReason) {
   bool found = false;
   EXPECT_EQ(MetricValue(m.body, R"(kosh_dataset_loads_total{dataset="ds",result="failed"})", &found), 5);
   EXPECT_EQ(MetricValue(m.body, R"(kosh_dataset_versions{dataset="ds",state="failed"})", &found), 5);
+
+  // With the default (the check after the swap), a corrupt block that every check before the swap
+  // passes (a data block inside the file) serves until the check ends; then the version fails and
+  // version 1 serves again.
+  std::string d = BuildBytes(dir, "d", "D", 60000);
+  std::string bad = first_file(d);
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(bad) * 2 / 5));
+    f.write("garbage!", 8);
+  }
+  r = Load(server, "ds", d);
+  EXPECT_EQ(r.status.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("CHECKSUMS_PENDING"));
+  ASSERT_TRUE(WaitForState(server, 7, v1::VERSION_FAILED));
+  info = List(server, "ds");
+  EXPECT_EQ(info.current_version(), 1u);
+  EXPECT_EQ(VersionOf(info, 7).checksums(), v1::CHECKSUMS_MISMATCH);
+  EXPECT_THAT(VersionOf(info, 7).failure(),
+              HasSubstr("DATA_LOSS: the after-swap checksum check: " + fs::path(bad).filename().string()));
+  EXPECT_THAT(VersionOf(info, 7).failure(), HasSubstr("checksum mismatch"));
+  EXPECT_EQ(ReadBytes(server, "k1"), "A:k1");
+  m = server.Get("/metrics");
+  EXPECT_EQ(MetricValue(m.body, R"(kosh_dataset_checksum_failures_total{dataset="ds"})", &found), 1);
+  EXPECT_EQ(MetricValue(m.body, R"(kosh_dataset_rollbacks_total{dataset="ds"})", &found), 1);
+  EXPECT_EQ(MetricValue(m.body, R"(kosh_dataset_versions{dataset="ds",state="failed"})", &found), 5)
+      << "six failures, of which datasets.keep_failed (5) lists the newest";
+  EXPECT_EQ(VersionOf(info, 2).version(), 0u) << "the oldest failure record is trimmed";
 }
 
 // --- the build: bad rows, duplicates, external sort ---------------------------------------------------
@@ -465,15 +502,6 @@ TEST(DatasetsE2E, ExternalSortFarAboveTheMemoryBudget) {
 
 // --- asynchronous loads -------------------------------------------------------------------------------
 
-// Waits up to 30 s for version `v` of "ds" to reach `state`.
-bool WaitForState(const KoshServer& s, uint64_t v, v1::VersionState state) {
-  for (int i = 0; i < 3000; ++i) {
-    if (VersionOf(List(s, "ds"), v).state() == state) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
-
 TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
   TempDir dir("ds-async");
   std::string a = BuildBytes(dir, "a", "A", 2000);
@@ -484,7 +512,7 @@ TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
 
   // CLI (gRPC): --wait false returns at once with the version BUILDING; the load finishes on the
   // server. A rate limit keeps it running long enough to see the state and a refused second load.
-  CommandResult r = Load(server, "ds", b, {"--wait", "false", "--rate-limit", "256KiB"});
+  CommandResult r = Load(server, "ds", b, {"--wait", "false", "--rate-limit", "256KiB", "--verify", "before-swap"});
   ASSERT_EQ(r.status.code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("\"state\": \"VERSION_BUILDING\""));
   EXPECT_THAT(r.out, HasSubstr("\"version\": \"2\""));
@@ -497,7 +525,7 @@ TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
 
   // HTTP: "wait": false does not hold the HTTP thread for the load.
   HttpResponse h = server.Post("/v1/datasets/load_version",
-                               R"({"dataset": "ds", "path": ")" + a + R"(", "wait": false})");
+                               R"({"dataset": "ds", "path": ")" + a + R"(", "wait": false, "verify": "VERIFY_BEFORE_SWAP"})");
   ASSERT_EQ(h.status, 200) << h.body;
   v1::LoadVersionResponse hr;
   ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(h.body, &hr).ok()) << h.body;
@@ -507,7 +535,8 @@ TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
   EXPECT_EQ(ReadBytes(server, "k1"), "A:k1");
 
   // A corrupt build loaded asynchronously: the call succeeds, the version ends FAILED with the
-  // reason, and the current version keeps serving.
+  // reason, and the current version keeps serving (checked before the swap here; after it, see
+  // CorruptTruncatedAndIncompleteBuildsAreRejectedWithTheReason).
   std::string c = BuildBytes(dir, "c", "C", 2000);
   for (const auto& e : fs::directory_iterator(c)) {
     if (e.path().extension() != ".sst") continue;
@@ -516,7 +545,7 @@ TEST(DatasetsE2E, AsynchronousLoadsOverTheCliGrpcAndHttp) {
     f.write("garbage!", 8);
     break;
   }
-  r = Load(server, "ds", c, {"--no-wait"});
+  r = Load(server, "ds", c, {"--no-wait", "--verify", "before-swap"});
   ASSERT_EQ(r.status.code, 0) << r.err;
   ASSERT_TRUE(WaitForState(server, 4, v1::VERSION_FAILED));
   EXPECT_THAT(VersionOf(List(server, "ds"), 4).failure(), HasSubstr("DATA_LOSS: "));
@@ -546,7 +575,8 @@ TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
   HttpResponse load;
   std::thread loader([&] {
     load = server.Post("/v1/datasets/load_version",
-                       R"({"dataset": "ds", "path": ")" + b + R"(", "rate_limit_bytes_per_second": 262144})",
+                       R"({"dataset": "ds", "path": ")" + b +
+                           R"(", "rate_limit_bytes_per_second": 262144, "verify": "VERIFY_BEFORE_SWAP"})",
                        {}, Millis(60000));
     load_done = true;
   });
@@ -580,6 +610,7 @@ TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
     req.set_dataset("ds");
     req.set_path(b);
     req.set_rate_limit_bytes_per_second(65536);  // ~16 s for ~1 MB: far past the deadline
+    req.set_verify(v1::VERIFY_BEFORE_SWAP);
     v1::LoadVersionResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
@@ -593,8 +624,9 @@ TEST(DatasetsE2E, WaitingHttpLoadDoesNotHoldTheHttpThread) {
   // A shutdown while such a load is running stops the load, and the server exits cleanly.
   std::thread loader2([&] {
     server.Post("/v1/datasets/load_version",
-                R"({"dataset": "ds", "path": ")" + b + R"(", "rate_limit_bytes_per_second": 262144})", {},
-                Millis(60000));
+                R"({"dataset": "ds", "path": ")" + b +
+                    R"(", "rate_limit_bytes_per_second": 262144, "verify": "VERIFY_BEFORE_SWAP"})",
+                {}, Millis(60000));
   });
   ASSERT_TRUE(listed(4));
   const auto t0 = std::chrono::steady_clock::now();

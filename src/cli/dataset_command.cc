@@ -46,10 +46,17 @@ usage:
       --compression none|lz4|zstd   data block compression (default: none for recs, else lz4)
       --label TEXT              stored in the manifest and shown by `list`
   kosh dataset load --dataset NAME [--no-activate] [--warm] [--rate-limit SIZE]
-                    [--allow-schema-change] [--no-verify] [--wait true|false] [--timeout DURATION] DIR
+                    [--allow-schema-change] [--verify MODE | --no-verify] [--wait true|false]
+                    [--timeout DURATION] DIR
       DIR is a build output directory as the server sees it (made absolute here).
-      --no-verify checks file sizes and structure only, not whole-file checksums (reads still
-      check every block's checksum).
+      --verify when every file's CRC-32C is compared with the manifest (default: the server's
+      datasets.verify, after-swap unless configured):
+        before-swap     first; the version serves only if every file matches (O(size))
+        after-swap      by a background pass right after the swap; a mismatch, or a read that
+                        meets a corrupt block first, fails the version and the previous one
+                        serves again (`list` shows checksums PENDING until the pass ends)
+        structure-only  never (sizes, footers, key ranges and row counts only)
+      --no-verify is --verify structure-only. Every read checks the CRC of each block it reads.
       --wait false (or --no-wait) returns once the version exists (state BUILDING) and leaves the
       load running on the server; poll `kosh dataset list` for CURRENT/READY or FAILED.
   kosh dataset list [--dataset NAME]
@@ -265,7 +272,7 @@ absl::StatusOr<uint64_t> VersionFlag(const Args& a, bool required) {
 
 int Load(const Args& a) {
   if (auto s = CheckFlags(a, {"--dataset", "--no-activate", "--warm", "--rate-limit", "--allow-schema-change",
-                              "--no-verify", "--wait", "--no-wait", "--timeout"});
+                              "--no-verify", "--verify", "--wait", "--no-wait", "--timeout"});
       !s.ok()) {
     return Fail(s);
   }
@@ -280,7 +287,23 @@ int Load(const Args& a) {
   if (a.bools.count("--no-activate")) req.set_activate(false);
   if (a.bools.count("--warm")) req.set_warm(true);
   if (a.bools.count("--allow-schema-change")) req.set_allow_schema_change(true);
-  if (a.bools.count("--no-verify")) req.set_verify_checksums(false);
+  if (a.Has("--verify")) {
+    const std::string m = a.Get("--verify");
+    if (a.bools.count("--no-verify")) {
+      return Fail(absl::InvalidArgumentError("--verify and --no-verify: give one of them"));
+    }
+    if (m == "before-swap") {
+      req.set_verify(v1::VERIFY_BEFORE_SWAP);
+    } else if (m == "after-swap") {
+      req.set_verify(v1::VERIFY_AFTER_SWAP);
+    } else if (m == "structure-only") {
+      req.set_verify(v1::VERIFY_STRUCTURE_ONLY);
+    } else {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--verify: \"", m, "\" is not one of before-swap, after-swap, structure-only")));
+    }
+  }
+  if (a.bools.count("--no-verify")) req.set_verify(v1::VERIFY_STRUCTURE_ONLY);
   if (a.Has("--wait")) {
     const std::string w = a.Get("--wait");
     if (w != "true" && w != "false") return Fail(absl::InvalidArgumentError("--wait: expected true or false"));

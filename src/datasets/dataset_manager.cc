@@ -78,6 +78,45 @@ std::string StateLabel(v1::VersionState s) {
   return absl::AsciiStrToLower(absl::StripPrefix(v1::VersionState_Name(s), "VERSION_"));
 }
 
+const char* ChecksumName(v1::ChecksumState c) {
+  switch (c) {
+    case v1::CHECKSUMS_VERIFIED: return "verified";
+    case v1::CHECKSUMS_PENDING: return "pending";
+    case v1::CHECKSUMS_NOT_CHECKED: return "not_checked";
+    case v1::CHECKSUMS_MISMATCH: return "mismatch";
+    default: return "";
+  }
+}
+
+v1::ChecksumState ParseChecksums(absl::string_view s) {
+  for (v1::ChecksumState c : {v1::CHECKSUMS_VERIFIED, v1::CHECKSUMS_PENDING, v1::CHECKSUMS_NOT_CHECKED,
+                              v1::CHECKSUMS_MISMATCH}) {
+    if (s == ChecksumName(c)) return c;
+  }
+  return v1::CHECKSUMS_UNSPECIFIED;
+}
+
+absl::StatusOr<VerifyMode> ParseVerifyMode(absl::string_view s) {
+  if (s == "before_swap") return VerifyMode::kBeforeSwap;
+  if (s == "after_swap") return VerifyMode::kAfterSwap;
+  if (s == "structure_only") return VerifyMode::kStructureOnly;
+  return absl::InvalidArgumentError(
+      absl::StrCat("\"", s, "\" is not one of before_swap, after_swap, structure_only"));
+}
+
+// A file's size and CRC-32C as read, against what the manifest lists for it.
+absl::Status MatchManifest(const ManifestFile& f, const storage::FileDigest& d, absl::string_view shown_name) {
+  if (d.bytes != f.bytes) {
+    return absl::DataLossError(absl::StrCat(shown_name, ": size mismatch: the manifest says ", f.bytes,
+                                            " bytes, read ", d.bytes));
+  }
+  if (d.crc32c != f.crc32c) {
+    return absl::DataLossError(absl::StrCat(shown_name, ": checksum mismatch: the manifest says ", FormatCrc(f.crc32c),
+                                            ", the file has ", FormatCrc(d.crc32c)));
+  }
+  return absl::OkStatus();
+}
+
 std::string VersionDirName(uint64_t n) { return absl::StrFormat("v%08u", n); }
 
 bool ParseVersionDirName(absl::string_view name, uint64_t* n) {
@@ -185,6 +224,10 @@ struct DatasetManager::Version {
   uint64_t number = 0;
   ValueSchema schema;
   std::unique_ptr<storage::SortedStore> store;
+  // Its after-swap checksum check has not ended: a read that meets a corrupt block fails the
+  // version (FailCorruptVersion) instead of only the read.
+  mutable std::atomic<bool> checksums_pending{false};
+  mutable std::atomic<bool> dropped{false};  // retired: a running check of it stops
 };
 
 struct DatasetManager::VersionRecord {
@@ -194,6 +237,8 @@ struct DatasetManager::VersionRecord {
   std::string source;
   std::string loaded_at;
   std::string failure;
+  v1::ChecksumState checksums = v1::CHECKSUMS_UNSPECIFIED;
+  double checksum_seconds = 0;
   Manifest manifest;  // summary fields only are used (rows, files, schema, label, keys)
   bool has_manifest = false;
   std::shared_ptr<const Version> open;  // READY
@@ -206,6 +251,7 @@ struct DatasetManager::Counters {
   base::Counter* loads_failed;
   base::Counter* swaps;
   base::Counter* rollbacks;
+  base::Counter* checksum_failures;
   base::Histogram* load_seconds;
   base::Histogram* swap_seconds;
 };
@@ -261,7 +307,7 @@ absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, con
   base::YamlReader r(node, "datasets");
   RETURN_IF_ERROR(r.CheckKeys({"root", "backups", "keep_failed", "load_rate_limit", "warm_up",
                                "max_keys_per_request", "max_key_bytes", "block_cache", "verify_threads",
-                               "verify_checksums", "declare"}));
+                               "verify", "declare"}));
   RETURN_IF_ERROR(r.GetString("root", &o.root));
   uint64_t v = o.backups;
   RETURN_IF_ERROR(r.GetUint("backups", &v));
@@ -273,7 +319,13 @@ absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, con
   o.keep_failed = static_cast<uint32_t>(v);
   RETURN_IF_ERROR(r.GetBytes("load_rate_limit", &o.load_rate_limit));
   RETURN_IF_ERROR(r.GetBool("warm_up", &o.warm_up));
-  RETURN_IF_ERROR(r.GetBool("verify_checksums", &o.verify_checksums));
+  if (r.Has("verify")) {
+    std::string mode;
+    RETURN_IF_ERROR(r.GetString("verify", &mode));
+    auto m = ParseVerifyMode(mode);
+    if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("datasets.verify: ", m.status().message()));
+    o.verify = *m;
+  }
   v = o.max_keys_per_request;
   RETURN_IF_ERROR(r.GetUint("max_keys_per_request", &v));
   if (v == 0 || v > 1000000) return absl::InvalidArgumentError("datasets.max_keys_per_request: expected 1 to 1000000");
@@ -343,6 +395,7 @@ absl::StatusOr<std::unique_ptr<DatasetManager>> DatasetManager::Open(DatasetsOpt
   RETURN_IF_ERROR(m->Recover());
   m->RegisterMetrics();
   m->reaper_ = std::thread([p = m.get()] { p->ReaperLoop(); });
+  m->checker_ = std::thread([p = m.get()] { p->ChecksumLoop(); });
   return m;
 }
 
@@ -354,6 +407,11 @@ DatasetManager::~DatasetManager() {
     for (auto& job : async_loads_) job->thread.join();
     async_loads_.clear();
   }
+  {
+    absl::MutexLock lock(&checks_mu_);
+    checks_stop_ = true;  // a running check sees stopping_ and ends; it is queued again at the next start
+  }
+  if (checker_.joinable()) checker_.join();
   {
     absl::MutexLock lock(&retired_mu_);
     stop_ = true;
@@ -385,7 +443,10 @@ DatasetManager::Counters* DatasetManager::CountersFor(const std::string& name) {
     c->loads_failed =
         metrics_->GetCounter("kosh_dataset_loads_total", "Version loads by result.", with("result", "failed"));
     c->swaps = metrics_->GetCounter("kosh_dataset_swaps_total", "Changes of the current version (loads and rollbacks).", l);
-    c->rollbacks = metrics_->GetCounter("kosh_dataset_rollbacks_total", "Rollbacks.", l);
+    c->rollbacks = metrics_->GetCounter("kosh_dataset_rollbacks_total", "Rollbacks (asked for, or after a corrupt version).", l);
+    c->checksum_failures = metrics_->GetCounter(
+        "kosh_dataset_checksum_failures_total",
+        "Versions found corrupt after their swap (by the after-swap check or a read during it).", l);
     c->load_seconds = metrics_->GetHistogram(
         "kosh_dataset_load_duration_seconds", "Duration of successful loads (verify, ingest, warm, swap).", l,
         {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800});
@@ -461,6 +522,8 @@ absl::Status DatasetManager::RecoverDataset(const std::string& name) {
       r.source = st.value("source", "");
       r.loaded_at = st.value("loaded_at", "");
       r.failure = st.value("failure", "");
+      r.checksums = ParseChecksums(st.value("checksums", ""));
+      r.checksum_seconds = st.value("checksum_seconds", 0.0);
     }
     if (auto mt = base::ReadFile(vdir + "/manifest.json"); mt.ok()) {
       auto m = ManifestFromJson(*mt, vdir + "/manifest.json");
@@ -490,6 +553,11 @@ absl::Status DatasetManager::RecoverDataset(const std::string& name) {
           v->number = n;
           v->schema = r.manifest.schema;
           v->store = std::move(*store);
+          if (r.checksums == v1::CHECKSUMS_PENDING) {
+            // The check did not end before the stop: run it again.
+            v->checksums_pending.store(true);
+            QueueChecksums(name, n, options_.load_rate_limit);
+          }
           r.open = std::move(v);
           r.state = State::kReady;
         }
@@ -497,10 +565,14 @@ absl::Status DatasetManager::RecoverDataset(const std::string& name) {
     } else {
       r.state = State::kFailed;
     }
-    if (r.state == State::kFailed && state != State::kFailed) {
-      spdlog::warn("dataset {} version {}: marked failed at start-up: {}", name, n, r.failure);
+    if (r.state == State::kFailed) {
+      // (A version failed while it served is closed and removed in the background; a stop before
+      // that leaves its files.)
       fs::remove_all(vdir + "/db", ec);
       fs::remove_all(vdir + "/staging", ec);
+    }
+    if (r.state == State::kFailed && state != State::kFailed) {
+      spdlog::warn("dataset {} version {}: marked failed at start-up: {}", name, n, r.failure);
       (void)PersistState(*ds, r);
     }
     ds->versions[n] = std::move(r);
@@ -540,7 +612,9 @@ absl::Status DatasetManager::PersistState(const Dataset& ds, const VersionRecord
             {"activated", r.activated},
             {"source", r.source},
             {"loaded_at", r.loaded_at},
-            {"failure", r.failure}};
+            {"failure", r.failure},
+            {"checksums", ChecksumName(r.checksums)},
+            {"checksum_seconds", r.checksum_seconds}};
   return WriteFileAtomic(ds.VersionDir(r.number) + "/state.json",
                          j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n");
 }
@@ -583,6 +657,7 @@ void DatasetManager::Retire(Dataset* ds, uint64_t number) {
   std::shared_ptr<const Version> open = std::move(it->second.open);
   ds->versions.erase(it);
   if (open) {
+    open->dropped.store(true);
     absl::MutexLock lock(&retired_mu_);
     retired_.emplace_back(std::move(open), vdir);
   } else {
@@ -650,6 +725,162 @@ void DatasetManager::WaitForRetired() {
   }
 }
 
+// --- after-swap checksum checks ---------------------------------------------------------------------
+
+void DatasetManager::QueueChecksums(const std::string& dataset, uint64_t number, uint64_t rate) {
+  absl::MutexLock lock(&checks_mu_);
+  checks_.push_back({dataset, number, rate});
+}
+
+void DatasetManager::ChecksumLoop() {
+  BackgroundPriority();  // idle CPU and I/O class: reads come first
+  while (true) {
+    ChecksumJob job;
+    {
+      absl::MutexLock lock(&checks_mu_);
+      checks_mu_.Await(absl::Condition(
+          +[](DatasetManager* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->checks_mu_) {
+            return m->checks_stop_ || (!m->checks_.empty() && !m->checks_paused_);
+          },
+          this));
+      if (checks_stop_) return;
+      job = std::move(checks_.front());
+      checks_.pop_front();
+      checking_ = true;
+    }
+    CheckAfterSwap(job.dataset, job.number, job.rate);
+    absl::MutexLock lock(&checks_mu_);
+    checking_ = false;
+  }
+}
+
+void DatasetManager::CheckAfterSwap(const std::string& dataset, uint64_t number, uint64_t rate) {
+  std::shared_ptr<const Version> v;
+  Manifest m;
+  {
+    absl::MutexLock lock(&mu_);
+    auto dit = datasets_.find(dataset);
+    if (dit == datasets_.end()) return;
+    auto it = dit->second->versions.find(number);
+    if (it == dit->second->versions.end() || !it->second.open || it->second.checksums != v1::CHECKSUMS_PENDING) return;
+    v = it->second.open;
+    m = it->second.manifest;
+  }
+  const auto start = Clock::now();
+  // The same pass as a check before the swap (storage::DigestFile: O_DIRECT for what is not cached,
+  // no readahead, one 256 KiB read at a time), on the files the version serves from. The store's
+  // files are hard links of the build's, matched to the manifest by their key ranges (checked equal
+  // when the version was ingested).
+  storage::IoThrottle throttle(rate);
+  const storage::CancelFn cancelled = [&] { return stopping_.load() || v->dropped.load(); };
+  absl::Status st;
+  for (const storage::StoredFile& f : v->store->Files()) {
+    const ManifestFile* listed = nullptr;
+    for (const auto& mf : m.files) {
+      if (mf.first_key == UserKey(f.smallest_key) && mf.last_key == UserKey(f.largest_key)) listed = &mf;
+    }
+    if (listed == nullptr) {
+      st = absl::DataLossError(absl::StrCat(f.name, ": no file of the manifest spans its keys"));
+      break;
+    }
+    auto d = storage::DigestFile(v->store->dir() + "/" + f.name, &throttle, cancelled, storage::ReadMode::kDirect);
+    if (cancelled()) return;  // stopping or dropped: a restart queues it again, a dropped one needs nothing
+    st = d.ok() ? MatchManifest(*listed, *d, absl::StrCat(listed->name, " (served as ", f.name, ")")) : d.status();
+    if (!st.ok()) break;
+  }
+  if (!st.ok()) {
+    FailCorruptVersion(dataset, number,
+                       absl::Status(st.code(), absl::StrCat("the after-swap checksum check: ", st.message())));
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  auto dit = datasets_.find(dataset);
+  if (dit == datasets_.end()) return;
+  auto it = dit->second->versions.find(number);
+  if (it == dit->second->versions.end() || it->second.checksums != v1::CHECKSUMS_PENDING) return;
+  VersionRecord& r = it->second;
+  r.checksums = v1::CHECKSUMS_VERIFIED;
+  r.checksum_seconds = Since(start);
+  v->checksums_pending.store(false);
+  absl::Status ps = PersistState(*dit->second, r);
+  if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
+  spdlog::info("dataset {}: version {}: every file matches its checksum ({:.3f} s after the swap)", dataset, number,
+               r.checksum_seconds);
+}
+
+void DatasetManager::FailCorruptVersion(const std::string& dataset, uint64_t number, const absl::Status& why) {
+  absl::MutexLock lock(&mu_);
+  auto dit = datasets_.find(dataset);
+  if (dit == datasets_.end()) return;
+  Dataset* ds = dit->second.get();
+  auto it = ds->versions.find(number);
+  if (it == ds->versions.end() || it->second.state != State::kReady || it->second.checksums != v1::CHECKSUMS_PENDING) {
+    return;  // already handled (another read, or the check)
+  }
+  VersionRecord& r = it->second;
+  const std::string reason = absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
+  ds->counters->checksum_failures->Inc();
+  r.open->checksums_pending.store(false);
+  if (ds->current == number) {
+    // Back to the newest other version that has served, preferring one whose data is checked.
+    uint64_t target = 0, pending = 0;
+    for (const auto& [n, o] : ds->versions) {
+      if (n == number || !o.open || !o.activated) continue;
+      if (o.checksums == v1::CHECKSUMS_PENDING) {
+        pending = n;
+      } else {
+        target = n;
+      }
+    }
+    if (target == 0) target = pending;
+    absl::Status swapped = target == 0 ? absl::NotFoundError("no other loaded version has served")
+                                       : Activate(ds, target);
+    if (!swapped.ok()) {
+      // Nothing to go back to (or CURRENT cannot be written): it keeps serving, marked.
+      r.checksums = v1::CHECKSUMS_MISMATCH;
+      r.failure = reason;
+      absl::Status ps = PersistState(*ds, r);
+      if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
+      spdlog::error("dataset {}: current version {} is corrupt ({}) and keeps serving: {}", dataset, number, reason,
+                    std::string(swapped.message()));
+      return;
+    }
+    ds->counters->rollbacks->Inc();
+    spdlog::error("dataset {}: version {} is corrupt ({}); version {} is current again", dataset, number, reason,
+                  target);
+  } else {
+    spdlog::error("dataset {}: version {} is corrupt ({}); it was not current", dataset, number, reason);
+  }
+  r.state = State::kFailed;
+  r.checksums = v1::CHECKSUMS_MISMATCH;
+  r.failure = reason;
+  absl::Status ps = PersistState(*ds, r);
+  if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
+  // Readers still on it finish; the reaper closes it and removes its data once they have.
+  std::shared_ptr<const Version> open = std::move(r.open);
+  open->dropped.store(true);
+  {
+    absl::MutexLock rl(&retired_mu_);
+    retired_.emplace_back(std::move(open), ds->VersionDir(number) + "/db");
+  }
+  Publish();
+  Retain(ds);
+}
+
+void DatasetManager::WaitForChecksums() {
+  absl::MutexLock lock(&checks_mu_);
+  checks_mu_.Await(absl::Condition(
+      +[](DatasetManager* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->checks_mu_) {
+        return m->checks_stop_ || (m->checks_.empty() && !m->checking_);
+      },
+      this));
+}
+
+void DatasetManager::PauseChecksumsForTest(bool paused) {
+  absl::MutexLock lock(&checks_mu_);
+  checks_paused_ = paused;
+}
+
 // --- reads ------------------------------------------------------------------------------------------
 
 absl::Status DatasetManager::MultiGet(const v1::DatasetMultiGetRequest& req, v1::DatasetMultiGetResponse* resp) {
@@ -668,34 +899,57 @@ absl::Status DatasetManager::MultiGet(const v1::DatasetMultiGetRequest& req, v1:
                                                      options_.max_key_bytes, " (datasets.max_key_bytes)"));
     }
   }
-  std::shared_ptr<const View> v = view();
-  auto dit = v->datasets.find(req.dataset());
-  if (dit == v->datasets.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("dataset: unknown dataset \"", req.dataset(), "\""));
-  }
-  const DatasetView& dv = *dit->second;
-  const Version* version = nullptr;
-  if (req.version() == 0) {
-    version = dv.current.get();
-    if (version == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat("dataset \"", req.dataset(), "\" has no current version"));
+  for (int attempt = 0;; ++attempt) {
+    std::shared_ptr<const View> v = view();
+    auto dit = v->datasets.find(req.dataset());
+    if (dit == v->datasets.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("dataset: unknown dataset \"", req.dataset(), "\""));
     }
-  } else {
-    auto it = dv.readable.find(req.version());
-    if (it == dv.readable.end()) {
-      std::vector<uint64_t> have;
-      for (const auto& [num, _] : dv.readable) have.push_back(num);
-      std::sort(have.begin(), have.end());
-      return absl::InvalidArgumentError(absl::StrCat("version: dataset \"", req.dataset(), "\" has no loaded version ",
-                                                     req.version(), " (loaded: ",
-                                                     have.empty() ? "none" : absl::StrJoin(have, ", "), ")"));
+    const DatasetView& dv = *dit->second;
+    const Version* version = nullptr;
+    if (req.version() == 0) {
+      version = dv.current.get();
+      if (version == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat("dataset \"", req.dataset(), "\" has no current version"));
+      }
+    } else {
+      auto it = dv.readable.find(req.version());
+      if (it == dv.readable.end()) {
+        std::vector<uint64_t> have;
+        for (const auto& [num, _] : dv.readable) have.push_back(num);
+        std::sort(have.begin(), have.end());
+        return absl::InvalidArgumentError(absl::StrCat("version: dataset \"", req.dataset(),
+                                                       "\" has no loaded version ", req.version(), " (loaded: ",
+                                                       have.empty() ? "none" : absl::StrJoin(have, ", "), ")"));
+      }
+      version = it->second.get();
     }
-    version = it->second.get();
+    bool store_error = false;
+    absl::Status s = ReadVersion(*version, dv, req, resp, &store_error);
+    // A corrupt block in a version whose after-swap check has not ended: the push was corrupt. Fail
+    // the version (the one before it serves again) and read that one instead; a pinned read asked
+    // for this version and gets the error.
+    if (store_error && s.code() == absl::StatusCode::kDataLoss && version->checksums_pending.load() && attempt == 0) {
+      FailCorruptVersion(version->dataset, version->number,
+                         absl::DataLossError(absl::StrCat("a read met a corrupt block before the after-swap check ended: ",
+                                                          s.message())));
+      if (req.version() == 0) {
+        resp->Clear();
+        continue;
+      }
+    }
+    return s;
   }
+}
+
+absl::Status DatasetManager::ReadVersion(const Version& version, const DatasetView& dv,
+                                         const v1::DatasetMultiGetRequest& req, v1::DatasetMultiGetResponse* resp,
+                                         bool* store_error) {
+  const size_t n = static_cast<size_t>(req.keys_size());
   resp->set_dataset(req.dataset());
-  resp->set_version(version->number);
-  resp->set_kind(version->schema.kind);
-  for (const auto& f : version->schema.fields) *resp->add_fields() = f;
+  resp->set_version(version.number);
+  resp->set_kind(version.schema.kind);
+  for (const auto& f : version.schema.fields) *resp->add_fields() = f;
   std::vector<std::string> skeys(n);
   std::vector<absl::string_view> views(n);
   auto* entries = resp->mutable_entries();
@@ -709,16 +963,20 @@ absl::Status DatasetManager::MultiGet(const v1::DatasetMultiGetRequest& req, v1:
   }
   absl::Status decode_error;
   uint32_t found = 0;
-  RETURN_IF_ERROR(version->store->MultiGet(views, [&](size_t i, absl::string_view value) {
+  absl::Status read = version.store->MultiGet(views, [&](size_t i, absl::string_view value) {
     auto* e = entries->Mutable(static_cast<int>(i));
-    absl::Status s = DecodeValue(version->schema, value, e->mutable_value());
+    absl::Status s = DecodeValue(version.schema, value, e->mutable_value());
     if (!s.ok()) {
       if (decode_error.ok()) decode_error = absl::Status(s.code(), absl::StrCat("keys[", i, "]: ", s.message()));
       return;
     }
     e->set_status(v1::FOUND);
     ++found;
-  }));
+  });
+  if (!read.ok()) {
+    *store_error = true;
+    return read;
+  }
   if (!decode_error.ok()) {
     corrupt_values_->Inc();
     return decode_error;
@@ -764,6 +1022,9 @@ absl::Status DatasetManager::Load(const v1::LoadVersionRequest& req, const stora
   }
   if (req.path().empty() || req.path()[0] != '/') {
     return absl::InvalidArgumentError("path: the absolute path of a build directory on the server is required");
+  }
+  if (req.has_verify_checksums() && req.verify() != v1::VERIFY_DEFAULT) {
+    return absl::InvalidArgumentError("verify_checksums: set either verify_checksums or verify, not both");
   }
   const bool wait = !req.has_wait() || req.wait();
   uint64_t number = 0;
@@ -870,6 +1131,10 @@ absl::Status DatasetManager::Complete(const v1::LoadVersionRequest& req, uint64_
   }
   Publish();
   Retain(ds, number);
+  if (r.checksums == v1::CHECKSUMS_PENDING) {
+    QueueChecksums(ds->name, number,
+                   req.has_rate_limit_bytes_per_second() ? req.rate_limit_bytes_per_second() : options_.load_rate_limit);
+  }
   resp->set_total_seconds(Since(start));
   counters->loads_ok->Inc();
   counters->load_seconds->Observe(resp->total_seconds());
@@ -918,9 +1183,15 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   const uint64_t rate = req.has_rate_limit_bytes_per_second() ? req.rate_limit_bytes_per_second()
                                                               : options_.load_rate_limit;
   storage::IoThrottle throttle(rate);
-  const bool verify = req.has_verify_checksums() ? req.verify_checksums() : options_.verify_checksums;
+  VerifyMode mode = options_.verify;
+  if (req.has_verify_checksums()) mode = req.verify_checksums() ? VerifyMode::kBeforeSwap : VerifyMode::kStructureOnly;
+  if (req.verify() == v1::VERIFY_BEFORE_SWAP) mode = VerifyMode::kBeforeSwap;
+  if (req.verify() == v1::VERIFY_AFTER_SWAP) mode = VerifyMode::kAfterSwap;
+  if (req.verify() == v1::VERIFY_STRUCTURE_ONLY) mode = VerifyMode::kStructureOnly;
   const bool warm = req.has_warm() ? req.warm() : options_.warm_up;
-  // With warm-up asked for, the checksum pass reads through the page cache and is the warm-up too.
+  // A warm-up reads every file anyway, so with it the check runs before the swap in any mode but
+  // structure_only: the checksum pass reads through the page cache and is the warm-up too.
+  const bool verify = mode == VerifyMode::kBeforeSwap || (mode == VerifyMode::kAfterSwap && warm);
   const storage::ReadMode verify_mode = warm ? storage::ReadMode::kCached : storage::ReadMode::kDirect;
   const std::string staging = vdir + "/staging";
   std::error_code ec;
@@ -929,6 +1200,7 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   std::vector<std::string> staged(m.files.size());
   std::vector<absl::Status> results(m.files.size());
   std::atomic<bool> all_linked{true};
+  std::atomic<bool> some_unchecked{false};  // linked without a checksum pass (a copy is checked)
   std::atomic<size_t> next{0};
   auto verify_one = [&](size_t i) -> absl::Status {
     const ManifestFile& f = m.files[i];
@@ -948,6 +1220,7 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
     if (::link(src.c_str(), dst.c_str()) == 0) {
       if (!verify) {
         staged[i] = dst;
+        some_unchecked = true;
         return absl::OkStatus();
       }
       // Cached ranges from the page cache, the rest with O_DIRECT (unless warming), without
@@ -962,14 +1235,7 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
     } else {
       return Errno("linking", src, errno);
     }
-    if (d.bytes != f.bytes) {
-      return absl::DataLossError(absl::StrCat(f.name, ": size mismatch: the manifest says ", f.bytes,
-                                              " bytes, read ", d.bytes));
-    }
-    if (d.crc32c != f.crc32c) {
-      return absl::DataLossError(absl::StrCat(f.name, ": checksum mismatch: the manifest says ", FormatCrc(f.crc32c),
-                                              ", the file has ", FormatCrc(d.crc32c)));
-    }
+    RETURN_IF_ERROR(MatchManifest(f, d, f.name));
     staged[i] = dst;
     return absl::OkStatus();
   };
@@ -992,6 +1258,8 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   if (is_cancelled()) return absl::CancelledError("the load was cancelled");
   resp->set_verify_seconds(Since(verify_start));
   resp->set_linked(all_linked.load());
+  const bool verified = !some_unchecked.load();
+  const bool check_later = !verified && mode == VerifyMode::kAfterSwap;
   if (!all_linked.load()) *note = " (files copied: the build is on another filesystem)";
 
   // 3. Ingest into a fresh store and check that it holds what the manifest lists.
@@ -1000,6 +1268,8 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
     Dataset* ds = datasets_.at(name).get();
     VersionRecord& r = ds->versions.at(number);
     r.state = State::kLoading;
+    r.checksums = verified ? v1::CHECKSUMS_VERIFIED : check_later ? v1::CHECKSUMS_PENDING : v1::CHECKSUMS_NOT_CHECKED;
+    r.checksum_seconds = verified ? resp->verify_seconds() : 0;
     RETURN_IF_ERROR(PersistState(*ds, r));
     Publish();
   }
@@ -1053,6 +1323,7 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   v->number = number;
   v->schema = m.schema;
   v->store = std::move(store);
+  v->checksums_pending.store(check_later);
   *out = std::move(v);
   return absl::OkStatus();
 }
@@ -1085,6 +1356,8 @@ void DatasetManager::FillInfo(const Dataset& ds, const VersionRecord& r, v1::Ver
   out->set_source(r.source);
   out->set_loaded_at(r.loaded_at);
   out->set_failure(r.failure);
+  out->set_checksums(r.checksums);
+  out->set_checksum_seconds(r.checksum_seconds);
 }
 
 absl::Status DatasetManager::ListVersions(const v1::ListVersionsRequest& req, v1::ListVersionsResponse* resp) {

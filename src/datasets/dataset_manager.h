@@ -15,6 +15,13 @@
 // (write temp + fsync + rename + fsync dir) and the View swapped. A version dropped from the View is
 // closed and deleted by a background thread once the last reader has released it.
 //
+// Whole-file checksums (VerifyMode): checking them is the one O(size) step, so by default it runs
+// after the swap, on a background thread, and the swap itself is O(files). A version whose check
+// fails, or whose pending check is overtaken by a read that meets a corrupt block, is marked FAILED
+// and the version that served before it is made current again; such a read is retried on it, so a
+// corrupt push costs its readers neither an error nor a wrong value (block CRCs are checked on
+// every read).
+//
 // Thread-safe. Mutations (load state changes, swaps, rollback, delete) are serialised by one mutex,
 // which is never held during I/O of a load; loads of different datasets run concurrently, a second
 // load of the same dataset is ABORTED.
@@ -22,6 +29,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -49,6 +57,10 @@ struct DatasetDecl {
   ValueSchema schema;
 };
 
+// When a load compares each file's CRC-32C with the manifest (datasets.verify; VerifyMode in
+// datasets.proto says what each means).
+enum class VerifyMode { kBeforeSwap, kAfterSwap, kStructureOnly };
+
 struct DatasetsOptions {
   std::string root;                      // default <storage.path>/datasets
   uint32_t backups = 2;                  // previous versions kept loaded for rollback
@@ -58,8 +70,8 @@ struct DatasetsOptions {
   uint32_t max_keys_per_request = 1000;  // MultiGet
   uint32_t max_key_bytes = 4096;
   uint64_t block_cache_bytes = 256ull << 20;  // shared by every version
-  uint32_t verify_threads = 2;           // files verified in parallel during a load
-  bool verify_checksums = true;          // whole-file CRC-32C check before ingesting
+  uint32_t verify_threads = 2;           // files verified in parallel by a check before the swap
+  VerifyMode verify = VerifyMode::kAfterSwap;
   std::vector<DatasetDecl> declared;
 };
 
@@ -107,6 +119,10 @@ class DatasetManager {
 
   // Blocks until every version dropped so far has been closed and deleted (tests).
   void WaitForRetired();
+  // Blocks until every after-swap checksum check queued so far has ended (tests).
+  void WaitForChecksums();
+  // Holds after-swap checks back until called with false (tests of reads that overtake a check).
+  void PauseChecksumsForTest(bool paused);
 
  private:
   struct Version;
@@ -140,6 +156,18 @@ class DatasetManager {
                       const v1::LoadVersionRequest& req, const storage::CancelFn& cancelled,
                       std::shared_ptr<const Version>* out, v1::LoadVersionResponse* resp, std::string* source_note);
   std::shared_ptr<const View> view() const { return view_.load(std::memory_order_acquire); }
+  // One read of a version (MultiGet's body once the version is chosen). `store_error` tells a
+  // failed read of the files from a value that does not decode.
+  absl::Status ReadVersion(const Version& version, const DatasetView& dv, const v1::DatasetMultiGetRequest& req,
+                           v1::DatasetMultiGetResponse* resp, bool* store_error);
+  // A version whose data turned out corrupt (after-swap check, or a read during it): FAILED with
+  // `why`, and if it is current, the newest other version that has served becomes current again.
+  // With no such version it keeps serving, marked CHECKSUMS_MISMATCH. No-op if it is no longer READY.
+  void FailCorruptVersion(const std::string& dataset, uint64_t number, const absl::Status& why)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void QueueChecksums(const std::string& dataset, uint64_t number, uint64_t rate);
+  void ChecksumLoop();
+  void CheckAfterSwap(const std::string& dataset, uint64_t number, uint64_t rate);
   void ReaperLoop();
   void RegisterMetrics();
 
@@ -163,6 +191,19 @@ class DatasetManager {
   std::atomic<bool> stopping_{false};
   absl::Mutex async_mu_;
   std::vector<std::unique_ptr<AsyncLoad>> async_loads_ ABSL_GUARDED_BY(async_mu_);
+
+  // After-swap checksum checks, in load order, run by one thread.
+  struct ChecksumJob {
+    std::string dataset;
+    uint64_t number = 0;
+    uint64_t rate = 0;  // bytes/s, 0 = unlimited
+  };
+  absl::Mutex checks_mu_;
+  std::deque<ChecksumJob> checks_ ABSL_GUARDED_BY(checks_mu_);
+  bool checking_ ABSL_GUARDED_BY(checks_mu_) = false;  // a job is taken off checks_ and running
+  bool checks_paused_ ABSL_GUARDED_BY(checks_mu_) = false;
+  bool checks_stop_ ABSL_GUARDED_BY(checks_mu_) = false;
+  std::thread checker_;
 
   // Versions no longer reachable from the View, waiting for their last reader.
   absl::Mutex retired_mu_;

@@ -52,11 +52,12 @@ class DatasetManagerTest : public ::testing::Test {
   }
 
   absl::Status Load(const std::string& path, const std::string& dataset = "ds", bool activate = true,
-                    v1::LoadVersionResponse* out = nullptr) {
+                    v1::LoadVersionResponse* out = nullptr, v1::VerifyMode verify = v1::VERIFY_DEFAULT) {
     v1::LoadVersionRequest req;
     req.set_dataset(dataset);
     req.set_path(path);
     req.set_activate(activate);
+    req.set_verify(verify);
     v1::LoadVersionResponse resp;
     absl::Status s = manager_->Load(req, nullptr, &resp);
     if (out) *out = resp;
@@ -99,6 +100,27 @@ class DatasetManagerTest : public ::testing::Test {
       if (vi.version() == v) return vi.failure();
     }
     return "(no version " + std::to_string(v) + ")";
+  }
+
+  // Overwrites bytes inside the first data block of a sorted file. Ingesting it reads the file's
+  // first key, so a load notices in every mode.
+  static void CorruptFirstBlock(const std::string& path) { CorruptAt(path, 100); }
+  // Overwrites bytes in a data block in the middle of a file of many blocks (BuildBytes of 20000
+  // keys): its footer, metadata and first and last blocks stay intact, so only a checksum pass or
+  // a read of that block notices.
+  static void CorruptMiddleBlock(const std::string& path) { CorruptAt(path, fs::file_size(path) * 2 / 5); }
+  static void CorruptAt(const std::string& path, uint64_t offset) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(offset));
+    f.write("\x01\x02\x03", 3);
+  }
+
+  v1::VersionInfo InfoOf(uint64_t v, const std::string& dataset = "ds") {
+    const v1::DatasetInfo info = Info(dataset);
+    for (const auto& vi : info.versions()) {
+      if (vi.version() == v) return vi;
+    }
+    return v1::VersionInfo();
   }
 
   TempDir dir_;
@@ -209,15 +231,11 @@ TEST_F(DatasetManagerTest, FailedLoadsLeaveTheCurrentVersionServing) {
   std::string a = BuildBytes("a", "A");
   ASSERT_TRUE(Load(a).ok());
 
-  // Corrupt byte.
+  // Corrupt byte, checked before the swap (after the swap: AfterSwapCheck... below).
   std::string c = BuildBytes("c", "C");
   auto m = ReadBuildManifest(c);
-  {
-    std::fstream f(c + "/" + m->files[0].name, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(100);
-    f.write("\x01\x02\x03", 3);
-  }
-  absl::Status s = Load(c);
+  CorruptFirstBlock(c + "/" + m->files[0].name);
+  absl::Status s = Load(c, "ds", true, nullptr, v1::VERIFY_BEFORE_SWAP);
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
   EXPECT_NE(s.message().find("checksum mismatch"), std::string::npos) << s;
   EXPECT_NE(s.message().find(m->files[0].name), std::string::npos) << s;
@@ -284,6 +302,119 @@ TEST_F(DatasetManagerTest, FailedLoadsLeaveTheCurrentVersionServing) {
   ASSERT_TRUE(manager_->MultiGet(mg, &mr).ok());
   EXPECT_EQ(mr.kind(), v1::DATASET_KIND_RECS);
   EXPECT_EQ(mr.entries(0).value().recs().items(0).item_id(), "1");
+}
+
+// --- whole-file checksums after the swap (the default) ----------------------------------------------------
+
+TEST_F(DatasetManagerTest, AfterSwapCheckFailsACorruptVersionAndTheOneBeforeServesAgain) {
+  std::string a = BuildBytes("a", "A", 20000);
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(Load(a, "ds", true, &resp).ok());
+  manager_->WaitForChecksums();
+  EXPECT_EQ(InfoOf(1).checksums(), v1::CHECKSUMS_VERIFIED);
+  EXPECT_GT(InfoOf(1).checksum_seconds(), 0);
+
+  // A corrupt data block passes every check made before the swap and serves until the check ends.
+  std::string c = BuildBytes("c", "C", 20000);
+  auto m = ReadBuildManifest(c);
+  CorruptMiddleBlock(c + "/" + m->files[0].name);
+  manager_->PauseChecksumsForTest(true);
+  ASSERT_TRUE(Load(c, "ds", true, &resp).ok());
+  EXPECT_EQ(resp.version().state(), v1::VERSION_CURRENT);
+  EXPECT_EQ(resp.version().checksums(), v1::CHECKSUMS_PENDING);
+  EXPECT_EQ(InfoOf(2).checksums(), v1::CHECKSUMS_PENDING);
+  manager_->PauseChecksumsForTest(false);
+  manager_->WaitForChecksums();
+  // Then it is failed with the file named, and version 1 serves again (and after a restart).
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_EQ(InfoOf(2).checksums(), v1::CHECKSUMS_MISMATCH);
+  EXPECT_EQ(FailureOf(2).rfind("DATA_LOSS: the after-swap checksum check: " + m->files[0].name, 0), 0u)
+      << FailureOf(2);
+  EXPECT_NE(FailureOf(2).find("checksum mismatch"), std::string::npos) << FailureOf(2);
+  EXPECT_EQ(Info().current_version(), 1u);
+  EXPECT_EQ(Read("k1"), "A:k1");
+  manager_->WaitForRetired();
+  EXPECT_FALSE(fs::exists(dir_.File("root/ds/v00000002/db")));
+  EXPECT_TRUE(fs::exists(dir_.File("root/ds/v00000002/state.json")));
+  Reopen();
+  EXPECT_EQ(Info().current_version(), 1u);
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_EQ(Read("k2"), "A:k2");
+
+  // structure_only never reads the files: the corrupt build serves, and so would its bad block.
+  std::string d = BuildBytes("d", "D", 20000);
+  CorruptMiddleBlock(d + "/" + ReadBuildManifest(d)->files[0].name);
+  ASSERT_TRUE(Load(d, "ds", true, &resp, v1::VERIFY_STRUCTURE_ONLY).ok());
+  manager_->WaitForChecksums();
+  EXPECT_EQ(StateOf(3), v1::VERSION_CURRENT);
+  EXPECT_EQ(InfoOf(3).checksums(), v1::CHECKSUMS_NOT_CHECKED);
+}
+
+TEST_F(DatasetManagerTest, ReadsThatMeetACorruptBlockBeforeTheCheckAreServedByThePreviousVersion) {
+  DatasetsOptions o;
+  o.max_keys_per_request = 20000;
+  Reopen(o);
+  std::string a = BuildBytes("a", "A", 20000);
+  ASSERT_TRUE(Load(a).ok());
+  manager_->WaitForChecksums();
+  manager_->PauseChecksumsForTest(true);
+  std::string c = BuildBytes("c", "C", 20000);
+  CorruptMiddleBlock(c + "/" + ReadBuildManifest(c)->files[0].name);
+  ASSERT_TRUE(Load(c).ok());
+  ASSERT_EQ(Info().current_version(), 2u);
+
+  // Every key in one request: some are in the corrupt block. The read fails version 2 and is
+  // answered, whole, by version 1.
+  v1::DatasetMultiGetRequest req;
+  req.set_dataset("ds");
+  for (int i = 0; i < 20000; ++i) req.add_keys(absl::StrCat("k", i));
+  v1::DatasetMultiGetResponse resp;
+  absl::Status s = manager_->MultiGet(req, &resp);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(resp.version(), 1u);
+  ASSERT_EQ(resp.entries_size(), 20000);
+  EXPECT_EQ(resp.found(), 20000u);
+  for (int i = 0; i < 20000; ++i) {
+    EXPECT_EQ(resp.entries(i).value().bytes_value(), absl::StrCat("A:k", i));
+  }
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_NE(FailureOf(2).find("a read met a corrupt block"), std::string::npos) << FailureOf(2);
+  EXPECT_EQ(Info().current_version(), 1u);
+
+  // A read pinned to a version whose check is pending gets the error, and fails that version.
+  std::string e = BuildBytes("e", "E", 20000);
+  CorruptMiddleBlock(e + "/" + ReadBuildManifest(e)->files[0].name);
+  ASSERT_TRUE(Load(e, "ds", /*activate=*/false).ok());
+  ASSERT_EQ(StateOf(3), v1::VERSION_READY);
+  req.set_version(3);
+  resp.Clear();
+  s = manager_->MultiGet(req, &resp);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_EQ(StateOf(3), v1::VERSION_FAILED);
+  EXPECT_EQ(Info().current_version(), 1u);
+  manager_->PauseChecksumsForTest(false);
+  manager_->WaitForChecksums();
+
+  // With nothing to go back to, a corrupt first version keeps serving, marked.
+  std::string solo = BuildBytes("solo", "S", 20000, "solo");
+  CorruptMiddleBlock(solo + "/" + ReadBuildManifest(solo)->files[0].name);
+  ASSERT_TRUE(Load(solo, "solo").ok());
+  manager_->WaitForChecksums();
+  EXPECT_EQ(Info("solo").current_version(), 1u);
+  EXPECT_EQ(InfoOf(1, "solo").state(), v1::VERSION_CURRENT);
+  EXPECT_EQ(InfoOf(1, "solo").checksums(), v1::CHECKSUMS_MISMATCH);
+  EXPECT_NE(InfoOf(1, "solo").failure().find("checksum mismatch"), std::string::npos);
+}
+
+TEST_F(DatasetManagerTest, AfterSwapCheckInterruptedByAStopRunsAgainAtTheNextStart) {
+  std::string a = BuildBytes("a", "A");
+  manager_->PauseChecksumsForTest(true);
+  ASSERT_TRUE(Load(a).ok());
+  EXPECT_EQ(InfoOf(1).checksums(), v1::CHECKSUMS_PENDING);
+  Reopen();
+  manager_->WaitForChecksums();
+  EXPECT_EQ(InfoOf(1).checksums(), v1::CHECKSUMS_VERIFIED);
+  EXPECT_EQ(Read("k1"), "A:k1");
 }
 
 TEST_F(DatasetManagerTest, RestartServesCurrentAndFailsInterruptedLoads) {
@@ -367,6 +498,7 @@ TEST_F(DatasetManagerTest, CancelledLoadFailsAndConcurrentLoadsAreRefused) {
   v1::LoadVersionRequest req;
   req.set_dataset("ds");
   req.set_path(a);
+  req.set_verify(v1::VERIFY_BEFORE_SWAP);  // the O(size) step, where a cancel lands
   v1::LoadVersionResponse resp;
   absl::Status s = manager_->Load(req, [] { return true; }, &resp);
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
@@ -381,6 +513,7 @@ TEST_F(DatasetManagerTest, CancelledLoadFailsAndConcurrentLoadsAreRefused) {
     r2.set_dataset("ds");
     r2.set_path(big);
     r2.set_rate_limit_bytes_per_second(256 << 10);
+    r2.set_verify(v1::VERIFY_BEFORE_SWAP);
     v1::LoadVersionResponse out;
     EXPECT_EQ(manager_->Load(r2, [&] { return done.load(); }, &out).code(), absl::StatusCode::kCancelled);
   });
@@ -403,6 +536,7 @@ TEST_F(DatasetManagerTest, AsynchronousLoadReturnsAtOnceAndFinishesInTheBackgrou
   req.set_path(big);
   req.set_wait(false);
   req.set_rate_limit_bytes_per_second(512 << 10);  // holds the load for about a second
+  req.set_verify(v1::VERIFY_BEFORE_SWAP);
   v1::LoadVersionResponse resp;
   ASSERT_TRUE(manager_->Load(req, [] { return true; }, &resp).ok()) << "an async load ignores the caller's cancel";
   EXPECT_EQ(resp.version().version(), 2u);
@@ -419,11 +553,7 @@ TEST_F(DatasetManagerTest, AsynchronousLoadReturnsAtOnceAndFinishesInTheBackgrou
   // A failing async load: FAILED with the reason, visible in the list; the current version serves.
   std::string c = BuildBytes("c", "C");
   auto m = ReadBuildManifest(c);
-  {
-    std::fstream f(c + "/" + m->files[0].name, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(100);
-    f.write("\x01\x02\x03", 3);
-  }
+  CorruptFirstBlock(c + "/" + m->files[0].name);
   req.set_path(c);
   req.clear_rate_limit_bytes_per_second();
   ASSERT_TRUE(manager_->Load(req, nullptr, &resp).ok());
@@ -445,6 +575,7 @@ TEST_F(DatasetManagerTest, ClosingTheManagerCancelsAsynchronousLoads) {
   req.set_path(big);
   req.set_wait(false);
   req.set_rate_limit_bytes_per_second(64 << 10);  // would take many seconds
+  req.set_verify(v1::VERIFY_BEFORE_SWAP);
   v1::LoadVersionResponse resp;
   ASSERT_TRUE(manager_->Load(req, nullptr, &resp).ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
