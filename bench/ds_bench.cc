@@ -353,9 +353,12 @@ int Loads() {
     sleep_s(last);
     ph << name << " " << a << " " << NowNs() << std::endl;
   };
-  // The version's state once its after-swap checksum check has ended (polled every 20 ms).
+  // The version's state once its after-swap checksum check has ended (polled every 20 ms, for at
+  // most an hour; the version is returned as last listed if it never ends).
   auto await_check = [&](uint64_t version) -> kosh::v1::VersionInfo {
-    while (true) {
+    kosh::v1::VersionInfo last;
+    const auto give_up = Steady::now() + std::chrono::hours(1);
+    while (Steady::now() < give_up) {
       kosh::v1::ListVersionsRequest lr;
       lr.set_dataset(dataset);
       kosh::v1::ListVersionsResponse out;
@@ -363,11 +366,15 @@ int Loads() {
       c.set_deadline(SysClock::now() + std::chrono::seconds(10));
       if (stub->ListVersions(&c, lr, &out).ok() && out.datasets_size() == 1) {
         for (const auto& v : out.datasets(0).versions()) {
-          if (v.version() == version && v.checksums() != kosh::v1::CHECKSUMS_PENDING) return v;
+          if (v.version() != version) continue;
+          if (v.checksums() != kosh::v1::CHECKSUMS_PENDING) return v;
+          last = v;
         }
       }
       sleep_s(0.02);
     }
+    std::cerr << "loads: version " << version << ": its checksum check did not end within an hour\n";
+    return last;
   };
   auto load = [&](const std::string& name, kosh::v1::VerifyMode verify) -> bool {
     kosh::v1::LoadVersionRequest req;

@@ -307,7 +307,7 @@ absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, con
   base::YamlReader r(node, "datasets");
   RETURN_IF_ERROR(r.CheckKeys({"root", "backups", "keep_failed", "load_rate_limit", "warm_up",
                                "max_keys_per_request", "max_key_bytes", "block_cache", "verify_threads",
-                               "verify", "declare"}));
+                               "verify", "verify_checksums", "declare"}));
   RETURN_IF_ERROR(r.GetString("root", &o.root));
   uint64_t v = o.backups;
   RETURN_IF_ERROR(r.GetUint("backups", &v));
@@ -325,6 +325,14 @@ absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, con
     auto m = ParseVerifyMode(mode);
     if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("datasets.verify: ", m.status().message()));
     o.verify = *m;
+  }
+  if (r.Has("verify_checksums")) {  // the older spelling: true = before_swap, false = structure_only
+    if (r.Has("verify")) {
+      return absl::InvalidArgumentError("datasets.verify_checksums: give datasets.verify or verify_checksums, not both");
+    }
+    bool on = true;
+    RETURN_IF_ERROR(r.GetBool("verify_checksums", &on));
+    o.verify = on ? VerifyMode::kBeforeSwap : VerifyMode::kStructureOnly;
   }
   v = o.max_keys_per_request;
   RETURN_IF_ERROR(r.GetUint("max_keys_per_request", &v));
@@ -584,7 +592,7 @@ absl::Status DatasetManager::RecoverDataset(const std::string& name) {
   } else if (named_current != 0) {
     uint64_t fallback = 0;
     for (auto& [n, r] : ds->versions) {
-      if (r.open && r.activated) fallback = n;
+      if (r.open && r.activated && r.checksums != v1::CHECKSUMS_MISMATCH) fallback = n;
     }
     spdlog::error("dataset {}: CURRENT names version {}, which cannot be served; {}", name, named_current,
                   fallback ? absl::StrCat("serving version ", fallback, " instead") : "nothing is served");
@@ -729,11 +737,17 @@ void DatasetManager::WaitForRetired() {
 
 void DatasetManager::QueueChecksums(const std::string& dataset, uint64_t number, uint64_t rate) {
   absl::MutexLock lock(&checks_mu_);
-  checks_.push_back({dataset, number, rate});
+  ChecksumJob job;
+  job.dataset = dataset;
+  job.number = number;
+  job.rate = rate;
+  checks_.push_back(std::move(job));
+  ++checks_queued_;
 }
 
 void DatasetManager::ChecksumLoop() {
-  BackgroundPriority();  // idle CPU and I/O class: reads come first
+  // (Normal priority: this thread takes mu_ and writes state under it. Only the reading runs at
+  // idle priority, on a thread of its own: see CheckAfterSwap.)
   while (true) {
     ChecksumJob job;
     {
@@ -744,71 +758,120 @@ void DatasetManager::ChecksumLoop() {
           },
           this));
       if (checks_stop_) return;
-      job = std::move(checks_.front());
-      checks_.pop_front();
+      const absl::Time now = absl::Now();
+      auto due = std::find_if(checks_.begin(), checks_.end(), [&](const ChecksumJob& j) { return j.not_before <= now; });
+      if (due == checks_.end()) {
+        // Only retries, none due yet: wait for the first, a new job or the stop.
+        absl::Time next = absl::InfiniteFuture();
+        for (const auto& j : checks_) next = std::min(next, j.not_before);
+        struct Wake {
+          DatasetManager* m;
+          uint64_t queued;
+        } wake{this, checks_queued_};
+        checks_mu_.AwaitWithDeadline(absl::Condition(
+                                         +[](Wake* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                           return w->m->checks_stop_ || w->m->checks_queued_ != w->queued;
+                                         },
+                                         &wake),
+                                     next);
+        continue;
+      }
+      job = std::move(*due);
+      checks_.erase(due);
       checking_ = true;
     }
-    CheckAfterSwap(job.dataset, job.number, job.rate);
+    absl::Status st = CheckAfterSwap(job);
     absl::MutexLock lock(&checks_mu_);
     checking_ = false;
+    if (!st.ok() && !checks_stop_) {
+      ++job.attempts;
+      const absl::Duration wait = std::min(absl::Seconds(10) * (1 << std::min(job.attempts - 1, 6)), absl::Minutes(10));
+      spdlog::warn("dataset {}: version {}: the after-swap checksum check could not read the files ({}); "
+                   "trying again in {}", job.dataset, job.number, st.ToString(), absl::FormatDuration(wait));
+      job.not_before = absl::Now() + wait;
+      checks_.push_back(std::move(job));
+    }
   }
 }
 
-void DatasetManager::CheckAfterSwap(const std::string& dataset, uint64_t number, uint64_t rate) {
+absl::Status DatasetManager::CheckAfterSwap(const ChecksumJob& job) {
   std::shared_ptr<const Version> v;
   Manifest m;
   {
     absl::MutexLock lock(&mu_);
-    auto dit = datasets_.find(dataset);
-    if (dit == datasets_.end()) return;
-    auto it = dit->second->versions.find(number);
-    if (it == dit->second->versions.end() || !it->second.open || it->second.checksums != v1::CHECKSUMS_PENDING) return;
+    auto dit = datasets_.find(job.dataset);
+    if (dit == datasets_.end()) return absl::OkStatus();
+    auto it = dit->second->versions.find(job.number);
+    if (it == dit->second->versions.end() || !it->second.open || it->second.checksums != v1::CHECKSUMS_PENDING) {
+      return absl::OkStatus();
+    }
     v = it->second.open;
     m = it->second.manifest;
   }
   const auto start = Clock::now();
   // The same pass as a check before the swap (storage::DigestFile: O_DIRECT for what is not cached,
-  // no readahead, one 256 KiB read at a time), on the files the version serves from. The store's
-  // files are hard links of the build's, matched to the manifest by their key ranges (checked equal
-  // when the version was ingested).
-  storage::IoThrottle throttle(rate);
+  // no readahead, one 256 KiB read at a time), on the files the version serves from, at idle CPU
+  // and I/O priority. The store's files are hard links of the build's, matched to the manifest by
+  // their key ranges (checked equal when the version was ingested).
+  storage::IoThrottle throttle(job.rate);
   const storage::CancelFn cancelled = [&] { return stopping_.load() || v->dropped.load(); };
   absl::Status st;
-  for (const storage::StoredFile& f : v->store->Files()) {
-    const ManifestFile* listed = nullptr;
-    for (const auto& mf : m.files) {
-      if (mf.first_key == UserKey(f.smallest_key) && mf.last_key == UserKey(f.largest_key)) listed = &mf;
+  std::thread reader([&] {
+    BackgroundPriority();
+    for (const storage::StoredFile& f : v->store->Files()) {
+      const ManifestFile* listed = nullptr;
+      for (const auto& mf : m.files) {
+        if (mf.first_key == UserKey(f.smallest_key) && mf.last_key == UserKey(f.largest_key)) listed = &mf;
+      }
+      if (listed == nullptr) {
+        st = absl::DataLossError(absl::StrCat(f.name, ": no file of the manifest spans its keys"));
+        return;
+      }
+      auto d = storage::DigestFile(v->store->dir() + "/" + f.name, &throttle, cancelled, storage::ReadMode::kDirect);
+      st = d.ok() ? MatchManifest(*listed, *d, absl::StrCat(listed->name, " (served as ", f.name, ")")) : d.status();
+      if (!st.ok()) return;
     }
-    if (listed == nullptr) {
-      st = absl::DataLossError(absl::StrCat(f.name, ": no file of the manifest spans its keys"));
-      break;
-    }
-    auto d = storage::DigestFile(v->store->dir() + "/" + f.name, &throttle, cancelled, storage::ReadMode::kDirect);
-    if (cancelled()) return;  // stopping or dropped: a restart queues it again, a dropped one needs nothing
-    st = d.ok() ? MatchManifest(*listed, *d, absl::StrCat(listed->name, " (served as ", f.name, ")")) : d.status();
-    if (!st.ok()) break;
+  });
+  reader.join();
+  if (cancelled()) return absl::OkStatus();  // stopping (a restart queues it again) or dropped
+  if (st.code() == absl::StatusCode::kDataLoss) {
+    FailCorruptVersion(job.dataset, job.number,
+                       absl::DataLossError(absl::StrCat("the after-swap checksum check: ", st.message())), Since(start));
+    return absl::OkStatus();
   }
-  if (!st.ok()) {
-    FailCorruptVersion(dataset, number,
-                       absl::Status(st.code(), absl::StrCat("the after-swap checksum check: ", st.message())));
-    return;
-  }
+  if (!st.ok()) return st;
   absl::MutexLock lock(&mu_);
-  auto dit = datasets_.find(dataset);
-  if (dit == datasets_.end()) return;
-  auto it = dit->second->versions.find(number);
-  if (it == dit->second->versions.end() || it->second.checksums != v1::CHECKSUMS_PENDING) return;
+  auto dit = datasets_.find(job.dataset);
+  if (dit == datasets_.end()) return absl::OkStatus();
+  auto it = dit->second->versions.find(job.number);
+  if (it == dit->second->versions.end() || it->second.checksums != v1::CHECKSUMS_PENDING) return absl::OkStatus();
   VersionRecord& r = it->second;
   r.checksums = v1::CHECKSUMS_VERIFIED;
   r.checksum_seconds = Since(start);
   v->checksums_pending.store(false);
   absl::Status ps = PersistState(*dit->second, r);
-  if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
-  spdlog::info("dataset {}: version {}: every file matches its checksum ({:.3f} s after the swap)", dataset, number,
-               r.checksum_seconds);
+  if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", job.dataset, job.number, ps.ToString());
+  spdlog::info("dataset {}: version {}: every file matches its checksum ({:.3f} s after the swap)", job.dataset,
+               job.number, r.checksum_seconds);
+  return absl::OkStatus();
 }
 
-void DatasetManager::FailCorruptVersion(const std::string& dataset, uint64_t number, const absl::Status& why) {
+uint64_t DatasetManager::FallbackFor(const Dataset& ds, uint64_t failed) const {
+  uint64_t older = 0, older_pending = 0, newer = 0, newer_pending = 0;
+  for (const auto& [n, o] : ds.versions) {  // ascending: the last assignment is the newest
+    if (n == failed || !o.open || !o.activated || o.checksums == v1::CHECKSUMS_MISMATCH) continue;
+    if (ds.declared.has_value() && !(*ds.declared == o.open->schema)) continue;
+    const bool pending = o.checksums == v1::CHECKSUMS_PENDING;
+    (n < failed ? (pending ? older_pending : older) : (pending ? newer_pending : newer)) = n;
+  }
+  for (uint64_t n : {older, newer, older_pending, newer_pending}) {
+    if (n != 0) return n;
+  }
+  return 0;
+}
+
+void DatasetManager::FailCorruptVersion(const std::string& dataset, uint64_t number, const absl::Status& why,
+                                        double checked_seconds) {
   absl::MutexLock lock(&mu_);
   auto dit = datasets_.find(dataset);
   if (dit == datasets_.end()) return;
@@ -821,24 +884,15 @@ void DatasetManager::FailCorruptVersion(const std::string& dataset, uint64_t num
   const std::string reason = absl::StrCat(absl::StatusCodeToString(why.code()), ": ", why.message());
   ds->counters->checksum_failures->Inc();
   r.open->checksums_pending.store(false);
+  r.checksums = v1::CHECKSUMS_MISMATCH;
+  r.checksum_seconds = checked_seconds;
+  r.failure = reason;
   if (ds->current == number) {
-    // Back to the newest other version that has served, preferring one whose data is checked.
-    uint64_t target = 0, pending = 0;
-    for (const auto& [n, o] : ds->versions) {
-      if (n == number || !o.open || !o.activated) continue;
-      if (o.checksums == v1::CHECKSUMS_PENDING) {
-        pending = n;
-      } else {
-        target = n;
-      }
-    }
-    if (target == 0) target = pending;
+    const uint64_t target = FallbackFor(*ds, number);
     absl::Status swapped = target == 0 ? absl::NotFoundError("no other loaded version has served")
                                        : Activate(ds, target);
     if (!swapped.ok()) {
       // Nothing to go back to (or CURRENT cannot be written): it keeps serving, marked.
-      r.checksums = v1::CHECKSUMS_MISMATCH;
-      r.failure = reason;
       absl::Status ps = PersistState(*ds, r);
       if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
       spdlog::error("dataset {}: current version {} is corrupt ({}) and keeps serving: {}", dataset, number, reason,
@@ -852,8 +906,6 @@ void DatasetManager::FailCorruptVersion(const std::string& dataset, uint64_t num
     spdlog::error("dataset {}: version {} is corrupt ({}); it was not current", dataset, number, reason);
   }
   r.state = State::kFailed;
-  r.checksums = v1::CHECKSUMS_MISMATCH;
-  r.failure = reason;
   absl::Status ps = PersistState(*ds, r);
   if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
   // Readers still on it finish; the reaper closes it and removes its data once they have.
@@ -924,18 +976,24 @@ absl::Status DatasetManager::MultiGet(const v1::DatasetMultiGetRequest& req, v1:
       }
       version = it->second.get();
     }
+    // (Taken before the read: another reader, or the check, may fail the version meanwhile.)
+    const bool pending = version->checksums_pending.load();
     bool store_error = false;
     absl::Status s = ReadVersion(*version, dv, req, resp, &store_error);
-    // A corrupt block in a version whose after-swap check has not ended: the push was corrupt. Fail
-    // the version (the one before it serves again) and read that one instead; a pinned read asked
-    // for this version and gets the error.
-    if (store_error && s.code() == absl::StatusCode::kDataLoss && version->checksums_pending.load() && attempt == 0) {
+    // A corrupt block in a version whose after-swap check had not ended: the push was corrupt. Fail
+    // the version (a no-op if that is done already); the one before it serves again, and the read
+    // is answered by it instead. A pinned read asked for this version and gets the error.
+    if (store_error && s.code() == absl::StatusCode::kDataLoss && pending && attempt == 0) {
       FailCorruptVersion(version->dataset, version->number,
                          absl::DataLossError(absl::StrCat("a read met a corrupt block before the after-swap check ended: ",
                                                           s.message())));
       if (req.version() == 0) {
-        resp->Clear();
-        continue;
+        std::shared_ptr<const View> now = view();
+        auto nit = now->datasets.find(req.dataset());
+        if (nit != now->datasets.end() && nit->second->current && nit->second->current.get() != version) {
+          resp->Clear();
+          continue;
+        }
       }
     }
     return s;
@@ -1116,6 +1174,8 @@ absl::Status DatasetManager::Complete(const v1::LoadVersionRequest& req, uint64_
   if (!st.ok()) {
     r.state = State::kFailed;
     r.failure = absl::StrCat(absl::StatusCodeToString(st.code()), ": ", st.message());
+    r.checksums = v1::CHECKSUMS_UNSPECIFIED;  // (a check that was going to run after the swap will not)
+    r.checksum_seconds = 0;
     r.open.reset();
     version.reset();  // closes the store (if it was opened) before its files are removed
     std::error_code ec;
@@ -1388,7 +1448,7 @@ absl::Status DatasetManager::Rollback(const v1::RollbackRequest& req, v1::Rollba
   uint64_t target = req.version();
   if (target == 0) {
     for (const auto& [n, r] : ds->versions) {
-      if (n < ds->current && r.open && r.activated) target = n;
+      if (n < ds->current && r.open && r.activated && r.checksums != v1::CHECKSUMS_MISMATCH) target = n;
     }
     if (target == 0) {
       return absl::FailedPreconditionError(absl::StrCat("dataset \"", ds->name, "\" has no backup older than version ",

@@ -18,9 +18,9 @@
 // Whole-file checksums (VerifyMode): checking them is the one O(size) step, so by default it runs
 // after the swap, on a background thread, and the swap itself is O(files). A version whose check
 // fails, or whose pending check is overtaken by a read that meets a corrupt block, is marked FAILED
-// and the version that served before it is made current again; such a read is retried on it, so a
-// corrupt push costs its readers neither an error nor a wrong value (block CRCs are checked on
-// every read).
+// and an older version that has served is made current again (FallbackFor); such a read is retried
+// on it, so a corrupt push costs its readers neither an error nor a wrong value (block CRCs are
+// checked on every read).
 //
 // Thread-safe. Mutations (load state changes, swaps, rollback, delete) are serialised by one mutex,
 // which is never held during I/O of a load; loads of different datasets run concurrently, a second
@@ -42,6 +42,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "base/metrics.h"
 #include "datasets/manifest.h"
 #include "datasets/value_codec.h"
@@ -161,13 +162,21 @@ class DatasetManager {
   absl::Status ReadVersion(const Version& version, const DatasetView& dv, const v1::DatasetMultiGetRequest& req,
                            v1::DatasetMultiGetResponse* resp, bool* store_error);
   // A version whose data turned out corrupt (after-swap check, or a read during it): FAILED with
-  // `why`, and if it is current, the newest other version that has served becomes current again.
-  // With no such version it keeps serving, marked CHECKSUMS_MISMATCH. No-op if it is no longer READY.
-  void FailCorruptVersion(const std::string& dataset, uint64_t number, const absl::Status& why)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // `why`, and if it is current, FallbackFor's version becomes current again. With no such version
+  // it keeps serving, marked CHECKSUMS_MISMATCH. No-op unless it is READY with its check pending.
+  void FailCorruptVersion(const std::string& dataset, uint64_t number, const absl::Status& why,
+                          double checked_seconds = 0) ABSL_LOCKS_EXCLUDED(mu_);
+  // The version to serve instead of `failed`: one that has served, is loaded, is not known corrupt
+  // and fits the declaration; the newest older than `failed` (as Rollback picks), else the newest
+  // newer one; a version whose own check is pending only if no checked one qualifies. 0: none.
+  uint64_t FallbackFor(const Dataset& ds, uint64_t failed) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  struct ChecksumJob;
   void QueueChecksums(const std::string& dataset, uint64_t number, uint64_t rate);
   void ChecksumLoop();
-  void CheckAfterSwap(const std::string& dataset, uint64_t number, uint64_t rate);
+  // Runs one check. OK when it ended (verified, failed the version, or nothing left to check); an
+  // error that says nothing about the data (e.g. EMFILE, ENOMEM) leaves the version pending, and
+  // the caller runs the check again later.
+  absl::Status CheckAfterSwap(const ChecksumJob& job);
   void ReaperLoop();
   void RegisterMetrics();
 
@@ -197,12 +206,15 @@ class DatasetManager {
     std::string dataset;
     uint64_t number = 0;
     uint64_t rate = 0;  // bytes/s, 0 = unlimited
+    int attempts = 0;   // ended in an error that says nothing about the data
+    absl::Time not_before = absl::InfinitePast();
   };
   absl::Mutex checks_mu_;
   std::deque<ChecksumJob> checks_ ABSL_GUARDED_BY(checks_mu_);
   bool checking_ ABSL_GUARDED_BY(checks_mu_) = false;  // a job is taken off checks_ and running
   bool checks_paused_ ABSL_GUARDED_BY(checks_mu_) = false;
   bool checks_stop_ ABSL_GUARDED_BY(checks_mu_) = false;
+  uint64_t checks_queued_ ABSL_GUARDED_BY(checks_mu_) = 0;  // wakes a checker waiting for a retry's time
   std::thread checker_;
 
   // Versions no longer reachable from the View, waiting for their last reader.

@@ -406,7 +406,67 @@ TEST_F(DatasetManagerTest, ReadsThatMeetACorruptBlockBeforeTheCheckAreServedByTh
   EXPECT_NE(InfoOf(1, "solo").failure().find("checksum mismatch"), std::string::npos);
 }
 
+TEST_F(DatasetManagerTest, ConcurrentReadsThatMeetACorruptBlockAllGetThePreviousVersion) {
+  DatasetsOptions o;
+  o.max_keys_per_request = 20000;
+  Reopen(o);
+  ASSERT_TRUE(Load(BuildBytes("a", "A", 20000)).ok());
+  manager_->WaitForChecksums();
+  manager_->PauseChecksumsForTest(true);
+  std::string c = BuildBytes("c", "C", 20000);
+  CorruptMiddleBlock(c + "/" + ReadBuildManifest(c)->files[0].name);
+  ASSERT_TRUE(Load(c).ok());
+  // Several readers meet the corrupt block at about the same time: one of them fails the version,
+  // and every one (not only that one) is answered by version 1.
+  constexpr int kReaders = 4;
+  std::atomic<int> ready{0};
+  std::vector<absl::Status> status(kReaders);
+  std::vector<v1::DatasetMultiGetResponse> resp(kReaders);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kReaders; ++t) {
+    ts.emplace_back([&, t] {
+      v1::DatasetMultiGetRequest req;
+      req.set_dataset("ds");
+      for (int i = 0; i < 20000; ++i) req.add_keys(absl::StrCat("k", i));
+      ready.fetch_add(1);
+      while (ready.load() < kReaders) std::this_thread::yield();
+      status[t] = manager_->MultiGet(req, &resp[t]);
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (int t = 0; t < kReaders; ++t) {
+    ASSERT_TRUE(status[t].ok()) << "reader " << t << ": " << status[t];
+    EXPECT_EQ(resp[t].version(), 1u) << "reader " << t;
+    EXPECT_EQ(resp[t].found(), 20000u) << "reader " << t;
+    EXPECT_EQ(resp[t].entries(19999).value().bytes_value(), "A:k19999") << "reader " << t;
+  }
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  manager_->PauseChecksumsForTest(false);
+}
+
+TEST_F(DatasetManagerTest, ACorruptVersionFallsBackToAnOlderVersionNotToOneRolledBackFrom) {
+  ASSERT_TRUE(Load(BuildBytes("a", "A", 20000)).ok());  // 1
+  manager_->WaitForChecksums();
+  manager_->PauseChecksumsForTest(true);
+  std::string c = BuildBytes("c", "C", 20000);
+  CorruptMiddleBlock(c + "/" + ReadBuildManifest(c)->files[0].name);
+  ASSERT_TRUE(Load(c).ok());  // 2: pending, corrupt
+  ASSERT_TRUE(Load(BuildBytes("b", "B", 20000), "ds", true, nullptr, v1::VERIFY_BEFORE_SWAP).ok());  // 3: verified
+  // The operator rolls back from 3 to 2; when 2 turns out corrupt, 1 serves, not 3.
+  v1::RollbackRequest rb;
+  rb.set_dataset("ds");
+  rb.set_version(2);
+  v1::RollbackResponse rr;
+  ASSERT_TRUE(manager_->Rollback(rb, &rr).ok());
+  manager_->PauseChecksumsForTest(false);
+  manager_->WaitForChecksums();
+  EXPECT_EQ(StateOf(2), v1::VERSION_FAILED);
+  EXPECT_EQ(Info().current_version(), 1u);
+  EXPECT_EQ(Read("k7"), "A:k7");
+}
+
 TEST_F(DatasetManagerTest, AfterSwapCheckInterruptedByAStopRunsAgainAtTheNextStart) {
+  // Queued but not started.
   std::string a = BuildBytes("a", "A");
   manager_->PauseChecksumsForTest(true);
   ASSERT_TRUE(Load(a).ok());
@@ -415,6 +475,24 @@ TEST_F(DatasetManagerTest, AfterSwapCheckInterruptedByAStopRunsAgainAtTheNextSta
   manager_->WaitForChecksums();
   EXPECT_EQ(InfoOf(1).checksums(), v1::CHECKSUMS_VERIFIED);
   EXPECT_EQ(Read("k1"), "A:k1");
+
+  // Running: a slow check (rate-limited to ~4 s) is cut short by the stop, does not fail the
+  // version, and runs again after the restart.
+  std::string b = BuildBytes("b", "B", 20000);
+  v1::LoadVersionRequest req;
+  req.set_dataset("ds");
+  req.set_path(b);
+  req.set_rate_limit_bytes_per_second(100 << 10);
+  v1::LoadVersionResponse resp;
+  ASSERT_TRUE(manager_->Load(req, nullptr, &resp).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  Reopen();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(Info().current_version(), 2u);
+  manager_->WaitForChecksums();
+  EXPECT_EQ(InfoOf(2).checksums(), v1::CHECKSUMS_VERIFIED);
+  EXPECT_EQ(Read("k19999"), "B:k19999");
 }
 
 TEST_F(DatasetManagerTest, RestartServesCurrentAndFailsInterruptedLoads) {
@@ -734,6 +812,19 @@ declare:
   EXPECT_NE(bad.status().message().find("datasets.declare[0].kind"), std::string::npos) << bad.status();
   bad = ParseDatasetsOptions(YAML::Load("max_keys_per_request: 0"), "/data");
   EXPECT_NE(bad.status().message().find("datasets.max_keys_per_request"), std::string::npos) << bad.status();
+
+  // When checksums are checked: after the swap unless configured; verify_checksums is the older spelling.
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Node(), "/data")->verify, VerifyMode::kAfterSwap);
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify: before_swap"), "/data")->verify, VerifyMode::kBeforeSwap);
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify: structure_only"), "/data")->verify, VerifyMode::kStructureOnly);
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify_checksums: true"), "/data")->verify, VerifyMode::kBeforeSwap);
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify_checksums: false"), "/data")->verify,
+            VerifyMode::kStructureOnly);
+  bad = ParseDatasetsOptions(YAML::Load("verify: after-swap"), "/data");
+  EXPECT_EQ(bad.status().message(),
+            "datasets.verify: \"after-swap\" is not one of before_swap, after_swap, structure_only");
+  bad = ParseDatasetsOptions(YAML::Load("{verify: after_swap, verify_checksums: true}"), "/data");
+  EXPECT_NE(bad.status().message().find("not both"), std::string::npos) << bad.status();
 }
 
 TEST_F(DatasetManagerTest, DeclaredDatasetsRejectOtherKinds) {
