@@ -27,6 +27,7 @@
 #   --work-dir DIR     where input, build output and server data go (default /tmp); needs about
 #                      4 x G + 4 GB free, checked first
 #   --keep             keep the work directory
+#   --server-config F  a configuration file for the server (e.g. datasets.check_rate_limit)
 #
 # Method, for a shared and noisy machine: idle and load windows alternate (idle, load, idle, load,
 # ...), so that noise from other processes lands on both sides alike; every figure compared with
@@ -54,8 +55,9 @@ ONLINE_MAX=900
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 WORK_PARENT=/tmp
 KEEP=0
+SERVER_CONFIG=""
 
-usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --input-gb) INPUT_GB=$2; shift 2 ;;
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
     --build-dir) BUILD_DIR=$2; shift 2 ;;
     --work-dir) WORK_PARENT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --server-config) SERVER_CONFIG=$(realpath "$2"); shift 2 ;;
     -h|--help) usage ;;
     *) echo "datasets.sh: unknown argument $1" >&2; usage ;;
   esac
@@ -168,7 +171,8 @@ feature_groups:
       - {name: recs, type: bytes}
 EOF
 "$KOSH" serve --grpc-address 127.0.0.1:0 --http-address 127.0.0.1:0 --data-dir "$TMP/data" \
-  --schema "$TMP/online_schema.yaml" --port-file "$TMP/ports.json" >"$TMP/server.log" 2>&1 &
+  --schema "$TMP/online_schema.yaml" --port-file "$TMP/ports.json" ${SERVER_CONFIG:+--config "$SERVER_CONFIG"} \
+  >"$TMP/server.log" 2>&1 &
 KOSH_PID=$!
 for _ in $(seq 200); do [ -s "$TMP/ports.json" ] && break; sleep 0.05; done
 GRPC_PORT=$(python3 -c "import json; print(json.load(open('$TMP/ports.json'))['grpc'])")
@@ -255,7 +259,8 @@ uptimes = [l.split(None, 1) for l in open(f"{tmp}/uptime.txt")]
 
 def kind(name):
     k = name.split(".")[0]
-    return {"idle": "idle", "load": "load", "before": "load_before_swap", "online": "online",
+    return {"idle": "idle", "load": "load", "check": "load_until_checked", "before": "load_before_swap",
+            "swapped": "before_swap_first_0_3s_after_swap", "online": "online",
             "after_online": "after_online"}[k]
 groups = {}
 for name, w in windows.items():
@@ -303,12 +308,16 @@ out = {
     "reader_p50_ms_idle": med("idle", "p50_ms"), "reader_p999_ms_idle": med("idle", "p999_ms"),
     "reader_p99_ms_during_load": med("load"), "reader_p99_ms_during_load_windows": nwin("load"),
     "reader_p50_ms_during_load": med("load", "p50_ms"), "reader_p999_ms_during_load": med("load", "p999_ms"),
+    "reader_p99_ms_until_checked": med("load_until_checked"),
+    "reader_p99_ms_until_checked_pooled": pooled.get("load_until_checked", {}).get("p99_ms", 0.0),
+    "reader_p99_ms_before_swap_first_0_3s_after_swap": med("before_swap_first_0_3s_after_swap"),
     "reader_p99_ms_during_load_before_swap": med("load_before_swap"),
     "reader_p99_ms_during_load_before_swap_windows": nwin("load_before_swap"),
     "reader_p99_ms_idle_pooled": pooled.get("idle", {}).get("p99_ms", 0.0),
     "reader_p99_ms_during_load_pooled": pooled.get("load", {}).get("p99_ms", 0.0),
     "reader_p99_ms_during_load_before_swap_pooled": pooled.get("load_before_swap", {}).get("p99_ms", 0.0),
-    "reader_errors": sum(w.get("errors", 0) + w.get("missing", 0) for w in windows.values()),
+    "reader_errors": sum(w.get("errors", 0) + w.get("missing", 0) for n, w in windows.items()
+                         if not n.startswith(("check.", "swapped."))),  # (these lie inside load windows)
     "bulk_total_s": round(build_s + load_swap, 2),
     "online_rows": online["rows"], "online_capped": online["capped"],
     "online_total_s": round(online_total, 1), "online_rows_per_s": online["rows_per_s"],
@@ -346,7 +355,8 @@ print(f"online           {online['rows']} rows in {online['seconds']} s ({online
       f"{out['files_after_online']} storage files after, {out['pending_compaction_bytes_after_online']} bytes of compaction pending")
 print(f"reader, ms: median over the windows of each window's percentile; pooled p99 of all their requests")
 print(f"{'windows':24} {'n':>3} {'p50':>8} {'p99':>8} {'p99.9':>8} {'pooled p99':>11} {'requests':>9} {'errors':>7}")
-for k, label in [("idle", "idle"), ("load", "load + check after"), ("load_before_swap", "load, check before"),
+for k, label in [("idle", "idle"), ("load", "load + check after"), ("load_until_checked", "  until checked"),
+                 ("load_before_swap", "load, check before"), ("before_swap_first_0_3s_after_swap", "  0.3 s after swap"),
                  ("online", "online path"), ("after_online", "after online")]:
     ws = groups.get(k, [])
     if not ws:
@@ -355,7 +365,7 @@ for k, label in [("idle", "idle"), ("load", "load + check after"), ("load_before
           f"{pooled.get(k, {}).get('p99_ms', 0.0):11.3f} {sum(w['requests'] for w in ws):9d} "
           f"{sum(w['errors'] + w['missing'] for w in ws):7d}")
 print("per-window p99 (ms), in order:")
-for k in ["idle", "load", "load_before_swap"]:
+for k in ["idle", "load", "load_until_checked", "load_before_swap", "before_swap_first_0_3s_after_swap"]:
     print(f"  {k:14} " + " ".join(f"{w['p99_ms']:.1f}" for w in groups.get(k, [])))
 print(f"targets          {out['targets']}")
 print(json.dumps(out))

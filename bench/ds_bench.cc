@@ -25,7 +25,9 @@
 //            max(--window seconds, the load, the end of its after-swap check: ListVersions is
 //            polled every 20 ms); the idle window before it lasts as long as the previous load
 //            window (--window for the first). Appends the windows to --phases ("idle.v<i>",
-//            "load.<i>", "idle.b<i>", "before.<i>", then "idle.last"), writes each
+//            "load.<i>", "idle.b<i>", "before.<i>", then "idle.last"; and "check.load.<i>", the
+//            part of "load.<i>" until its check ended; "swapped.before.<i>", the first 0.3 s of
+//            "before.<i>" after its swap), writes each
 //            LoadVersionResponse as JSON to --out-dir/<window name>.json and the check's end to
 //            <window name>.check.json ({"check_end_s", "checksum_seconds", "checksums"}).
 //   online   The online write path: reads the same CSV --inputs, encodes each user's list the way
@@ -398,6 +400,14 @@ int Loads() {
     if (took < window) sleep_s(window - took);
     const int64_t b = NowNs();
     ph << name << " " << a << " " << b << std::endl;
+    // The part of the window from the call to the end of the check, also on its own.
+    if (check_end > 0) ph << "check." << name << " " << a << " " << a + static_cast<int64_t>(check_end * 1e9) << std::endl;
+    // For a load checked before its swap, the first 0.3 s after the swap (the new version's caches
+    // are cold, as they are while an after-swap check runs).
+    if (st.ok() && verify == kosh::v1::VERIFY_BEFORE_SWAP) {
+      const int64_t swapped = a + static_cast<int64_t>(resp.total_seconds() * 1e9);
+      ph << "swapped." << name << " " << swapped << " " << swapped + 300'000'000 << std::endl;
+    }
     last = (b - a) / 1e9;
     if (!st.ok()) {
       std::cerr << "loads: " << name << ": " << st.error_message() << "\n";

@@ -305,7 +305,7 @@ absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, con
   if (!node || node.IsNull()) return o;
   if (!node.IsMap()) return absl::InvalidArgumentError("datasets: expected a mapping");
   base::YamlReader r(node, "datasets");
-  RETURN_IF_ERROR(r.CheckKeys({"root", "backups", "keep_failed", "load_rate_limit", "warm_up",
+  RETURN_IF_ERROR(r.CheckKeys({"root", "backups", "keep_failed", "load_rate_limit", "check_rate_limit", "warm_up",
                                "max_keys_per_request", "max_key_bytes", "block_cache", "verify_threads",
                                "verify", "verify_checksums", "declare"}));
   RETURN_IF_ERROR(r.GetString("root", &o.root));
@@ -318,6 +318,7 @@ absl::StatusOr<DatasetsOptions> ParseDatasetsOptions(const YAML::Node& node, con
   if (v > 1000) return absl::InvalidArgumentError("datasets.keep_failed: expected 0 to 1000");
   o.keep_failed = static_cast<uint32_t>(v);
   RETURN_IF_ERROR(r.GetBytes("load_rate_limit", &o.load_rate_limit));
+  RETURN_IF_ERROR(r.GetBytes("check_rate_limit", &o.check_rate_limit));
   RETURN_IF_ERROR(r.GetBool("warm_up", &o.warm_up));
   if (r.Has("verify")) {
     std::string mode;
@@ -564,7 +565,7 @@ absl::Status DatasetManager::RecoverDataset(const std::string& name) {
           if (r.checksums == v1::CHECKSUMS_PENDING) {
             // The check did not end before the stop: run it again.
             v->checksums_pending.store(true);
-            QueueChecksums(name, n, options_.load_rate_limit);
+            QueueChecksums(name, n, options_.check_rate_limit);
           }
           r.open = std::move(v);
           r.state = State::kReady;
@@ -1193,7 +1194,7 @@ absl::Status DatasetManager::Complete(const v1::LoadVersionRequest& req, uint64_
   Retain(ds, number);
   if (r.checksums == v1::CHECKSUMS_PENDING) {
     QueueChecksums(ds->name, number,
-                   req.has_rate_limit_bytes_per_second() ? req.rate_limit_bytes_per_second() : options_.load_rate_limit);
+                   req.has_rate_limit_bytes_per_second() ? req.rate_limit_bytes_per_second() : options_.check_rate_limit);
   }
   resp->set_total_seconds(Since(start));
   counters->loads_ok->Inc();

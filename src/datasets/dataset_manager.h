@@ -67,6 +67,7 @@ struct DatasetsOptions {
   uint32_t backups = 2;                  // previous versions kept loaded for rollback
   uint32_t keep_failed = 5;              // failed versions listed (their data is deleted at once)
   uint64_t load_rate_limit = 0;          // bytes/s for a load's reads and copies; 0 = unlimited
+  uint64_t check_rate_limit = 0;         // bytes/s for an after-swap checksum check; 0 = unlimited
   bool warm_up = false;                  // read a loaded version's files once before it serves
   uint32_t max_keys_per_request = 1000;  // MultiGet
   uint32_t max_key_bytes = 4096;
