@@ -810,8 +810,8 @@ absl::Status DatasetManager::CheckAfterSwap(const ChecksumJob& job) {
     m = it->second.manifest;
   }
   const auto start = Clock::now();
-  // The same pass as a check before the swap (storage::DigestFile: O_DIRECT for what is not cached,
-  // no readahead, one 256 KiB read at a time), on the files the version serves from, at idle CPU
+  // The pass of a check before the swap (storage::DigestFile: no readahead, one 256 KiB disk read
+  // at a time), but every read with O_DIRECT, on the files the version serves from, at idle CPU
   // and I/O priority. The store's files are hard links of the build's, matched to the manifest by
   // their key ranges (checked equal when the version was ingested).
   storage::IoThrottle throttle(job.rate);
@@ -828,7 +828,10 @@ absl::Status DatasetManager::CheckAfterSwap(const ChecksumJob& job) {
         st = absl::DataLossError(absl::StrCat(f.name, ": no file of the manifest spans its keys"));
         return;
       }
-      auto d = storage::DigestFile(v->store->dir() + "/" + f.name, &throttle, cancelled, storage::ReadMode::kDirect);
+      // O_DIRECT even where pages are cached: readers are reading these files now, and a pass
+      // through their cached pages raised their p99 2-3x (docs/benchmarks.md, "Datasets").
+      auto d =
+          storage::DigestFile(v->store->dir() + "/" + f.name, &throttle, cancelled, storage::ReadMode::kDirectOnly);
       st = d.ok() ? MatchManifest(*listed, *d, absl::StrCat(listed->name, " (served as ", f.name, ")")) : d.status();
       if (!st.ok()) return;
     }

@@ -292,9 +292,11 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path, IoThrottle* throt
   void* map = nullptr;
   int dfd = -1;
   if (size > 0) {
-    map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) map = nullptr;
-    if (mode == ReadMode::kDirect) dfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (mode != ReadMode::kDirectOnly) {  // (no mapping: every range counts as not cached)
+      map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+      if (map == MAP_FAILED) map = nullptr;
+    }
+    if (mode != ReadMode::kCached) dfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   }
   const size_t page = static_cast<size_t>(std::max<long>(::sysconf(_SC_PAGESIZE), 4096));
   // Throttled reads go in small steps so that the rate is smooth and a cancel is seen quickly.

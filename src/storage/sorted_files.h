@@ -70,6 +70,11 @@ enum class ReadMode {
   // Disk reads use O_DIRECT: the pass neither fills nor churns the page cache. Falls back to kCached
   // where the filesystem refuses O_DIRECT.
   kDirect,
+  // Every read uses O_DIRECT, cached or not: the pass never touches the file's cached pages. For a
+  // pass over files that readers are reading at the same time (a pass through their cached pages
+  // raised the readers' p99 2-3x; docs/benchmarks.md, "Datasets"). Falls back to kCached where the
+  // filesystem refuses O_DIRECT.
+  kDirectOnly,
 };
 
 // Reads the whole file at `path` and returns its size and CRC-32C. NOT_FOUND if it does not exist,

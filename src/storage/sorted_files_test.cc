@@ -112,7 +112,7 @@ TEST(DigestFileTest, DirectAndCachedReadsAgreeAtEverySize) {
         out << data;
       }
       IoThrottle slow(8 << 20);  // 512 KiB steps
-      for (int variant = 0; variant < 4; ++variant) {
+      for (int variant = 0; variant < 6; ++variant) {
         if (variant == 2) {
           // Drop the file's pages: the direct pass then reads what is not cached with O_DIRECT.
           int fd = ::open(path.c_str(), O_RDONLY);
@@ -121,8 +121,9 @@ TEST(DigestFileTest, DirectAndCachedReadsAgreeAtEverySize) {
           ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
           ::close(fd);
         }
-        const ReadMode mode = variant % 2 == 0 ? ReadMode::kDirect : ReadMode::kCached;
-        auto d = DigestFile(path, variant == 3 ? &slow : nullptr, nullptr, mode);
+        // 0, 2: kDirect (cached, then not); 1, 3: kCached (3 throttled); 4, 5: kDirectOnly (5 throttled).
+        const ReadMode mode = variant >= 4 ? ReadMode::kDirectOnly : variant % 2 == 0 ? ReadMode::kDirect : ReadMode::kCached;
+        auto d = DigestFile(path, variant == 3 || variant == 5 ? &slow : nullptr, nullptr, mode);
         ASSERT_TRUE(d.ok()) << path << " " << size << ": " << d.status();
         EXPECT_EQ(d->bytes, size) << path << " variant " << variant;
         EXPECT_EQ(d->crc32c, want) << path << " size " << size << " variant " << variant;
