@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <set>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -115,6 +114,26 @@ absl::Status MatchManifest(const ManifestFile& f, const storage::FileDigest& d, 
                                             ", the file has ", FormatCrc(d.crc32c)));
   }
   return absl::OkStatus();
+}
+
+// The manifest's file whose key range is the stored file's (the partitions do not overlap, so at
+// most one); null if none.
+const ManifestFile* ListedFile(const Manifest& m, const storage::StoredFile& f) {
+  for (const auto& mf : m.files) {
+    if (mf.first_key == UserKey(f.smallest_key) && mf.last_key == UserKey(f.largest_key)) return &mf;
+  }
+  return nullptr;
+}
+
+// The mode a load asks for (`verify`, or its older spelling `verify_checksums`), else `fallback`.
+VerifyMode RequestedMode(const v1::LoadVersionRequest& req, VerifyMode fallback) {
+  if (req.has_verify_checksums()) return req.verify_checksums() ? VerifyMode::kBeforeSwap : VerifyMode::kStructureOnly;
+  switch (req.verify()) {
+    case v1::VERIFY_BEFORE_SWAP: return VerifyMode::kBeforeSwap;
+    case v1::VERIFY_AFTER_SWAP: return VerifyMode::kAfterSwap;
+    case v1::VERIFY_STRUCTURE_ONLY: return VerifyMode::kStructureOnly;
+    default: return fallback;
+  }
 }
 
 std::string VersionDirName(uint64_t n) { return absl::StrFormat("v%08u", n); }
@@ -666,13 +685,17 @@ void DatasetManager::Retire(Dataset* ds, uint64_t number) {
   std::shared_ptr<const Version> open = std::move(it->second.open);
   ds->versions.erase(it);
   if (open) {
-    open->dropped.store(true);
-    absl::MutexLock lock(&retired_mu_);
-    retired_.emplace_back(std::move(open), vdir);
+    RetireStore(std::move(open), vdir);
   } else {
     std::error_code ec;
     fs::remove_all(vdir, ec);
   }
+}
+
+void DatasetManager::RetireStore(std::shared_ptr<const Version> open, std::string dir) {
+  open->dropped.store(true);  // a running check of it stops
+  absl::MutexLock lock(&retired_mu_);
+  retired_.emplace_back(std::move(open), std::move(dir));
 }
 
 void DatasetManager::Retain(Dataset* ds, uint64_t keep) {
@@ -820,10 +843,7 @@ absl::Status DatasetManager::CheckAfterSwap(const ChecksumJob& job) {
   std::thread reader([&] {
     BackgroundPriority();
     for (const storage::StoredFile& f : v->store->Files()) {
-      const ManifestFile* listed = nullptr;
-      for (const auto& mf : m.files) {
-        if (mf.first_key == UserKey(f.smallest_key) && mf.last_key == UserKey(f.largest_key)) listed = &mf;
-      }
+      const ManifestFile* listed = ListedFile(m, f);
       if (listed == nullptr) {
         st = absl::DataLossError(absl::StrCat(f.name, ": no file of the manifest spans its keys"));
         return;
@@ -912,13 +932,8 @@ void DatasetManager::FailCorruptVersion(const std::string& dataset, uint64_t num
   r.state = State::kFailed;
   absl::Status ps = PersistState(*ds, r);
   if (!ps.ok()) spdlog::warn("dataset {} version {}: {}", dataset, number, ps.ToString());
-  // Readers still on it finish; the reaper closes it and removes its data once they have.
-  std::shared_ptr<const Version> open = std::move(r.open);
-  open->dropped.store(true);
-  {
-    absl::MutexLock rl(&retired_mu_);
-    retired_.emplace_back(std::move(open), ds->VersionDir(number) + "/db");
-  }
+  // Readers still on it finish; the reaper closes it and removes its data (the record stays).
+  RetireStore(std::move(r.open), ds->VersionDir(number) + "/db");
   Publish();
   Retain(ds);
 }
@@ -1247,11 +1262,7 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   const uint64_t rate = req.has_rate_limit_bytes_per_second() ? req.rate_limit_bytes_per_second()
                                                               : options_.load_rate_limit;
   storage::IoThrottle throttle(rate);
-  VerifyMode mode = options_.verify;
-  if (req.has_verify_checksums()) mode = req.verify_checksums() ? VerifyMode::kBeforeSwap : VerifyMode::kStructureOnly;
-  if (req.verify() == v1::VERIFY_BEFORE_SWAP) mode = VerifyMode::kBeforeSwap;
-  if (req.verify() == v1::VERIFY_AFTER_SWAP) mode = VerifyMode::kAfterSwap;
-  if (req.verify() == v1::VERIFY_STRUCTURE_ONLY) mode = VerifyMode::kStructureOnly;
+  const VerifyMode mode = RequestedMode(req, options_.verify);
   const bool warm = req.has_warm() ? req.warm() : options_.warm_up;
   // A warm-up reads every file anyway, so with it the check runs before the swap in any mode but
   // structure_only: the checksum pass reads through the page cache and is the warm-up too.
@@ -1349,15 +1360,10 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
   }
   // Every file's key range as the store sees it must be one the manifest lists (a file whose
   // blocks went bad after it was checksummed could otherwise be ingested with a wrong range).
-  {
-    std::set<std::pair<std::string, std::string>> ranges;
-    for (const auto& f : m.files) ranges.insert({f.first_key, f.last_key});
-    for (const auto& f : files) {
-      std::pair<std::string, std::string> r(std::string(UserKey(f.smallest_key)), std::string(UserKey(f.largest_key)));
-      if (!ranges.count(r)) {
-        return absl::DataLossError(absl::StrCat("after ingesting, ", f.name, " spans keys \"", r.first, "\"..\"",
-                                                r.second, "\", which no file of the manifest does"));
-      }
+  for (const auto& f : files) {
+    if (ListedFile(m, f) == nullptr) {
+      return absl::DataLossError(absl::StrCat("after ingesting, ", f.name, " spans keys \"", UserKey(f.smallest_key),
+                                              "\"..\"", UserKey(f.largest_key), "\", which no file of the manifest does"));
     }
   }
   resp->set_ingest_seconds(Since(ingest_start));

@@ -147,6 +147,9 @@ class DatasetManager {
   // version nor `keep`.
   void Retain(Dataset* ds, uint64_t keep = 0) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Retire(Dataset* ds, uint64_t number) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands an open version to the reaper, which closes it and removes `dir` once its last reader is
+  // done.
+  void RetireStore(std::shared_ptr<const Version> open, std::string dir);
   absl::Status PersistState(const Dataset& ds, const VersionRecord& r);
   void FillInfo(const Dataset& ds, const VersionRecord& r, v1::VersionInfo* out) const;
   // The rest of a load once its version exists: DoLoad (unless `st` is already an error), then the
