@@ -7,7 +7,6 @@ namespace kosh::flows {
 absl::StatusOr<std::unique_ptr<FlowRegistry>> FlowRegistry::Open(storage::ConfigStore* store,
                                                                  features::Registry* features, FlowsOptions options,
                                                                  base::MetricsRegistry* metrics) {
-  std::unique_ptr<FlowRegistry> r(new FlowRegistry());
   storage::VersionedConfigs<FlowConfigTraits>::Policy policy;
   policy.recompile_on_reload = true;
   policy.compile_context = " against the current feature schema";
@@ -20,11 +19,11 @@ absl::StatusOr<std::unique_ptr<FlowRegistry>> FlowRegistry::Open(storage::Config
                                                                    bool) {
     return CompileFlow(config, version, *features->snapshot(), options, metrics);
   };
-  ASSIGN_OR_RETURN(r->configs_,
-                   storage::VersionedConfigs<FlowConfigTraits>::Open(store, std::move(compile), std::move(policy)));
+  std::unique_ptr<FlowRegistry> r(new FlowRegistry(store, std::move(compile), std::move(policy)));
+  RETURN_IF_ERROR(r->Start());
   // After the feature registry reloaded a schema from another server: flows that referred to
   // features this server did not know yet compile now.
-  features->AddListener(r->configs_->ReloadCallback("the feature schema changed on another server"));
+  features->AddListener(r->ReloadCallback("the feature schema changed on another server"));
   return r;
 }
 

@@ -25,6 +25,9 @@ namespace kosh::flows {
 struct FlowConfigTraits {
   using Record = v1::FlowRecord;
   using Compiled = CompiledFlow;
+  using PutRequest = v1::PutFlowRequest;
+  using PutResponse = v1::PutFlowResponse;
+  using Summary = v1::FlowSummary;
   static constexpr const char* kSingular = "flow";
   static constexpr const char* kPlural = "flows";
   static constexpr const char* kIdField = "model_id";
@@ -34,45 +37,19 @@ struct FlowConfigTraits {
   static void SetId(M* m, const std::string& id) { m->set_model_id(id); }
 };
 
-class FlowRegistry {
+// Put, Get, List, Find (FAILED_PRECONDITION: "no longer compiles against the schema") and Reload
+// (re-reads every flow and recompiles every version against the current feature snapshot) are
+// storage::VersionedConfigs'.
+class FlowRegistry : public storage::VersionedConfigs<FlowConfigTraits> {
  public:
   // Loads and compiles every stored flow; watches `store` and `features` for changes made by other
   // servers. `store`, `features` and `metrics` (may be null) must outlive the registry.
   static absl::StatusOr<std::unique_ptr<FlowRegistry>> Open(storage::ConfigStore* store,
                                                            features::Registry* features, FlowsOptions options,
                                                            base::MetricsRegistry* metrics);
-  FlowRegistry(const FlowRegistry&) = delete;
-  FlowRegistry& operator=(const FlowRegistry&) = delete;
-
-  // Re-reads every flow from the store and recompiles every version against the current feature
-  // snapshot (a version that does not compile is kept with its error, as at Open). On error the
-  // current flows stay. Thread-safe.
-  absl::Status Reload() { return configs_->Reload(); }
-
-  // Validates and compiles `req.config`; unless validate_only, stores it as version latest+1 and
-  // publishes it. A config identical to the latest version stores nothing (created = false).
-  // INVALID_ARGUMENT with the compiler's error for a bad config, or when req.model_id disagrees
-  // with the config's model_id; ABORTED when other servers kept winning the race for the next
-  // version number. A rejected config changes nothing.
-  absl::StatusOr<v1::PutFlowResponse> Put(const v1::PutFlowRequest& req) {
-    return configs_->PutRequest<v1::PutFlowResponse>(req);
-  }
-
-  // Version 0 = the latest. NOT_FOUND for an unknown model or version.
-  absl::StatusOr<v1::FlowRecord> Get(const std::string& model_id, uint32_t version) const {
-    return configs_->Get(model_id, version);
-  }
-  std::vector<v1::FlowSummary> List() const { return configs_->Summaries<v1::FlowSummary>(); }
-  // The compiled flow to run. NOT_FOUND for an unknown model or version; FAILED_PRECONDITION if
-  // the version no longer compiles against the schema.
-  absl::StatusOr<std::shared_ptr<const CompiledFlow>> Find(const std::string& model_id, uint32_t version) const {
-    return configs_->Find(model_id, version);
-  }
 
  private:
-  FlowRegistry() = default;
-
-  std::unique_ptr<storage::VersionedConfigs<FlowConfigTraits>> configs_;
+  using VersionedConfigs::VersionedConfigs;
 };
 
 // The storage key of (model_id, version).

@@ -8,7 +8,6 @@ absl::StatusOr<std::unique_ptr<PipelineRegistry>> PipelineRegistry::Open(storage
                                                                          const NodeRegistry* nodes, NodeEnv env,
                                                                          base::MetricsRegistry* metrics) {
   if (env.options == nullptr) return absl::InternalError("PipelineRegistry: NodeEnv::options is not set");
-  std::unique_ptr<PipelineRegistry> r(new PipelineRegistry());
   storage::VersionedConfigs<PipelineConfigTraits>::Policy policy;
   policy.not_compiling = "does not compile in this server";
   policy.max_config_bytes = env.options->max_config_bytes;
@@ -24,8 +23,8 @@ absl::StatusOr<std::unique_ptr<PipelineRegistry>> PipelineRegistry::Open(storage
     e.check_references = submitted;
     return CompilePipeline(config, version, *nodes, e, metrics);
   };
-  ASSIGN_OR_RETURN(r->configs_,
-                   storage::VersionedConfigs<PipelineConfigTraits>::Open(store, std::move(compile), std::move(policy)));
+  std::unique_ptr<PipelineRegistry> r(new PipelineRegistry(store, std::move(compile), std::move(policy)));
+  RETURN_IF_ERROR(r->Start());
   return r;
 }
 

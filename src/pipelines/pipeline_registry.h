@@ -21,6 +21,9 @@ namespace kosh::pipelines {
 struct PipelineConfigTraits {
   using Record = v1::PipelineRecord;
   using Compiled = CompiledPipeline;
+  using PutRequest = v1::PutPipelineRequest;
+  using PutResponse = v1::PutPipelineResponse;
+  using Summary = v1::PipelineSummary;
   static constexpr const char* kSingular = "pipeline";
   static constexpr const char* kPlural = "pipelines";
   static constexpr const char* kIdField = "pipeline_id";
@@ -30,7 +33,9 @@ struct PipelineConfigTraits {
   static void SetId(M* m, const std::string& id) { m->set_pipeline_id(id); }
 };
 
-class PipelineRegistry {
+// Put (which checks the references a config makes), Get, List, Find (FAILED_PRECONDITION: "does
+// not compile in this server") and Reload are storage::VersionedConfigs'.
+class PipelineRegistry : public storage::VersionedConfigs<PipelineConfigTraits> {
  public:
   // Loads and compiles every stored version (without checking the references they make: they
   // were checked when submitted) and watches the store for other servers' writes. `store`,
@@ -38,36 +43,9 @@ class PipelineRegistry {
   // registry. Counts reloads in kosh_pipeline_registry_reloads_total.
   static absl::StatusOr<std::unique_ptr<PipelineRegistry>> Open(storage::ConfigStore* store, const NodeRegistry* nodes,
                                                                 NodeEnv env, base::MetricsRegistry* metrics);
-  PipelineRegistry(const PipelineRegistry&) = delete;
-  PipelineRegistry& operator=(const PipelineRegistry&) = delete;
-
-  // Validates and compiles `req.config` (checking references); unless validate_only, stores it as
-  // version latest+1 and publishes it. A config identical to the latest version stores nothing
-  // (created = false). INVALID_ARGUMENT with the compiler's error, or when req.pipeline_id
-  // disagrees with the config's; ABORTED when other servers kept winning the race for the next
-  // version number. A rejected config changes nothing.
-  absl::StatusOr<v1::PutPipelineResponse> Put(const v1::PutPipelineRequest& req) {
-    return configs_->PutRequest<v1::PutPipelineResponse>(req);
-  }
-
-  // Version 0 = the latest. NOT_FOUND for an unknown pipeline or version.
-  absl::StatusOr<v1::PipelineRecord> Get(const std::string& pipeline_id, uint32_t version) const {
-    return configs_->Get(pipeline_id, version);
-  }
-  std::vector<v1::PipelineSummary> List() const { return configs_->Summaries<v1::PipelineSummary>(); }
-  // The compiled pipeline to run. NOT_FOUND for an unknown pipeline or version;
-  // FAILED_PRECONDITION if that version does not compile in this server.
-  absl::StatusOr<std::shared_ptr<const CompiledPipeline>> Find(const std::string& pipeline_id, uint32_t version) const {
-    return configs_->Find(pipeline_id, version);
-  }
-
-  // Re-reads and recompiles every stored version (the store's watch calls this).
-  absl::Status Reload() { return configs_->Reload(); }
 
  private:
-  PipelineRegistry() = default;
-
-  std::unique_ptr<storage::VersionedConfigs<PipelineConfigTraits>> configs_;
+  using VersionedConfigs::VersionedConfigs;
 };
 
 // The storage key of (pipeline_id, version).

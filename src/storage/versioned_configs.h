@@ -15,9 +15,15 @@
 // `Policy::recompile_on_reload`), else only versions it has not compiled yet. A version that does
 // not compile is kept with its error (it was valid when stored) and logged once per distinct error.
 //
-// Traits (see flows/flow_registry.h and pipelines/pipeline_registry.h):
+// Use: a kind's registry derives from VersionedConfigs<Traits>, constructs it with its compile
+// function and Policy, and calls Start() (see flows/flow_registry.h, pipelines/pipeline_registry.h).
+//
+// Traits:
 //   using Record = v1::FlowRecord;   // has version(), config(), set_* and the id field
 //   using Compiled = CompiledFlow;   // has `plan` (the Put response's)
+//   using PutRequest = v1::PutFlowRequest;    // config(), validate_only(), the id field
+//   using PutResponse = v1::PutFlowResponse;  // the id field, version, created, plan
+//   using Summary = v1::FlowSummary;          // the id field, latest_version, num_versions
 //   static constexpr const char* kSingular = "flow", *kPlural = "flows", *kIdField = "model_id";
 //   // The id field of a record, put request and response, or summary (all named kIdField):
 //   template <typename M> static const std::string& Id(const M&);
@@ -66,6 +72,9 @@ class VersionedConfigs {
  public:
   using Record = typename Traits::Record;
   using Compiled = typename Traits::Compiled;
+  using PutRequest = typename Traits::PutRequest;
+  using PutResponse = typename Traits::PutResponse;
+  using Summary = typename Traits::Summary;
 
   // Every version of one id.
   struct Entry {
@@ -102,23 +111,6 @@ class VersionedConfigs {
     std::string max_config_bytes_option;
   };
 
-  // Loads and compiles every stored version, then watches `store` (which must outlive the object)
-  // for other servers' writes.
-  static absl::StatusOr<std::unique_ptr<VersionedConfigs>> Open(ConfigStore* store, CompileFn compile,
-                                                                Policy policy) {
-    std::unique_ptr<VersionedConfigs> c(new VersionedConfigs(store, std::move(compile), std::move(policy)));
-    {
-      absl::MutexLock l(&c->mu_);
-      RETURN_IF_ERROR(c->ReloadLocked());
-    }
-    {
-      absl::MutexLock g(&c->guard_->mu);
-      c->guard_->self = c.get();
-    }
-    store->Watch(c->ReloadCallback(absl::StrCat("a ", Traits::kSingular, " changed on another server")));
-    return c;
-  }
-
   ~VersionedConfigs() {
     absl::MutexLock g(&guard_->mu);  // waits for a reload in progress on another thread
     guard_->self = nullptr;
@@ -150,16 +142,110 @@ class VersionedConfigs {
     return ReloadLocked();
   }
 
+  // Validates and compiles req.config (submitted = true); unless validate_only, stores it as the id's
+  // version latest+1 and publishes it. The id is the config's kIdField, or the request's when the
+  // config has none; when both are given they must agree. A config identical to the latest version
+  // stores nothing (created = false, version = the latest). INVALID_ARGUMENT for a missing or
+  // disagreeing id, RESOURCE_EXHAUSTED over Policy::max_config_bytes, the compiler's error for a bad
+  // config; ABORTED when other servers won the race for the next version number kPutAttempts times.
+  // A rejected config changes nothing.
+  absl::StatusOr<PutResponse> Put(const PutRequest& req) {
+    if (req.config().empty()) return absl::InvalidArgumentError("config: empty");
+    if (policy_.max_config_bytes != 0 && req.config().size() > policy_.max_config_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("config: ", req.config().size(), " bytes exceeds the limit of ",
+                                                       policy_.max_config_bytes, " (", policy_.max_config_bytes_option,
+                                                       ")"));
+    }
+    ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(req.config()));
+    std::string id;
+    RETURN_IF_ERROR(base::YamlReader(root, "").GetString(Traits::kIdField, &id));
+    const std::string& asked = Traits::Id(req);
+    if (id.empty()) id = asked;
+    if (!asked.empty() && asked != id) {
+      return absl::InvalidArgumentError(absl::StrCat(Traits::kIdField, ": \"", asked, "\" differs from the config's ",
+                                                     Traits::kIdField, " \"", id, "\""));
+    }
+    if (id.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(Traits::kIdField, ": required (in the config or the request)"));
+    }
+    ASSIGN_OR_RETURN(PutResult put, PutConfig(id, req.config(), req.validate_only()));
+    PutResponse resp;
+    Traits::SetId(&resp, id);
+    *resp.mutable_plan() = put.compiled->plan;
+    resp.mutable_plan()->set_version(put.version);
+    resp.set_version(put.version);
+    resp.set_created(put.created);
+    return resp;
+  }
+
+  // Version 0 = the latest. NOT_FOUND for an unknown id or version.
+  absl::StatusOr<Record> Get(const std::string& id, uint32_t version) const {
+    ASSIGN_OR_RETURN(Found f, FindVersion(id, version));
+    return f.entry->records[f.version - 1];
+  }
+
+  // The compiled version to run (0 = the latest). NOT_FOUND for an unknown id or version;
+  // FAILED_PRECONDITION (Policy::not_compiling and the error) when that version does not compile now.
+  absl::StatusOr<std::shared_ptr<const Compiled>> Find(const std::string& id, uint32_t version) const {
+    ASSIGN_OR_RETURN(Found f, FindVersion(id, version));
+    const Entry& e = *f.entry;
+    const uint32_t v = f.version;
+    if (e.compiled[v - 1] == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(Traits::kSingular, " \"", id, "\" version ", v, " ",
+                                                        policy_.not_compiling, ": ", e.compile_errors[v - 1]));
+    }
+    return e.compiled[v - 1];
+  }
+
+  // One summary (the id field, latest_version, num_versions) per id, sorted by id.
+  std::vector<Summary> List() const {
+    auto snap = snapshot();
+    std::vector<Summary> out;
+    for (const auto& [id, e] : snap->entries) {
+      Summary& sum = out.emplace_back();
+      Traits::SetId(&sum, id);
+      sum.set_latest_version(static_cast<uint32_t>(e->records.size()));
+      sum.set_num_versions(static_cast<uint32_t>(e->records.size()));
+    }
+    std::sort(out.begin(), out.end(), [](const Summary& a, const Summary& b) { return Traits::Id(a) < Traits::Id(b); });
+    return out;
+  }
+
+  std::shared_ptr<const Snapshot> snapshot() const {
+    return std::atomic_load_explicit(&snapshot_, std::memory_order_acquire);
+  }
+
+ protected:
+  // `store` must outlive the object. Start() must follow.
+  VersionedConfigs(ConfigStore* store, CompileFn compile, Policy policy)
+      : store_(store),
+        compile_(std::move(compile)),
+        policy_(std::move(policy)),
+        snapshot_(std::make_shared<const Snapshot>()) {}
+
+  // Loads and compiles every stored version, then watches the store for other servers' writes.
+  absl::Status Start() {
+    {
+      absl::MutexLock l(&mu_);
+      RETURN_IF_ERROR(ReloadLocked());
+    }
+    {
+      absl::MutexLock g(&guard_->mu);
+      guard_->self = this;
+    }
+    store_->Watch(ReloadCallback(absl::StrCat("a ", Traits::kSingular, " changed on another server")));
+    return absl::OkStatus();
+  }
+
+ private:
   struct PutResult {
     uint32_t version = 0;  // 0 for validate_only
     bool created = false;  // false: validate_only, or the config equals the latest version
     std::shared_ptr<const Compiled> compiled;  // the submitted config, compiled
   };
-  // Compiles `config` (submitted = true) as the next version of `id`; unless validate_only,
-  // stores and publishes it. A config identical to the latest version stores nothing (created =
-  // false, version = the latest). The compiler's error for a bad config; ABORTED when other servers
-  // won the race for the next version number kPutAttempts times. A rejected config changes nothing.
-  absl::StatusOr<PutResult> Put(const std::string& id, const std::string& config, bool validate_only) {
+  // Put once the id is known: compiles `config` as the id's next version and, unless
+  // validate_only, stores and publishes it.
+  absl::StatusOr<PutResult> PutConfig(const std::string& id, const std::string& config, bool validate_only) {
     if (validate_only) {
       // Nothing is stored, so nothing is read either: a check works while the store is away.
       auto snap = snapshot();
@@ -212,90 +298,12 @@ class VersionedConfigs {
     }
   }
 
-  // Put for a request message (config(), validate_only(), the id field) into its response (the id
-  // field, version, created, and the compiled config's plan). The id is the config's kIdField, or
-  // the request's when the config has none; when both are given they must agree.
-  template <typename Response, typename Request>
-  absl::StatusOr<Response> PutRequest(const Request& req) {
-    if (req.config().empty()) return absl::InvalidArgumentError("config: empty");
-    if (policy_.max_config_bytes != 0 && req.config().size() > policy_.max_config_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat("config: ", req.config().size(), " bytes exceeds the limit of ",
-                                                       policy_.max_config_bytes, " (", policy_.max_config_bytes_option,
-                                                       ")"));
-    }
-    ASSIGN_OR_RETURN(YAML::Node root, base::ParseConfigText(req.config()));
-    std::string id;
-    RETURN_IF_ERROR(base::YamlReader(root, "").GetString(Traits::kIdField, &id));
-    const std::string& asked = Traits::Id(req);
-    if (id.empty()) id = asked;
-    if (!asked.empty() && asked != id) {
-      return absl::InvalidArgumentError(absl::StrCat(Traits::kIdField, ": \"", asked, "\" differs from the config's ",
-                                                     Traits::kIdField, " \"", id, "\""));
-    }
-    if (id.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(Traits::kIdField, ": required (in the config or the request)"));
-    }
-    ASSIGN_OR_RETURN(PutResult put, Put(id, req.config(), req.validate_only()));
-    Response resp;
-    Traits::SetId(&resp, id);
-    *resp.mutable_plan() = put.compiled->plan;
-    resp.mutable_plan()->set_version(put.version);
-    resp.set_version(put.version);
-    resp.set_created(put.created);
-    return resp;
-  }
-
-  // Version 0 = the latest. NOT_FOUND for an unknown id or version.
-  absl::StatusOr<Record> Get(const std::string& id, uint32_t version) const {
-    ASSIGN_OR_RETURN(Found f, FindVersion(id, version));
-    return f.entry->records[f.version - 1];
-  }
-
-  // The compiled version to run (0 = the latest). NOT_FOUND for an unknown id or version;
-  // FAILED_PRECONDITION (Policy::not_compiling and the error) when that version does not compile now.
-  absl::StatusOr<std::shared_ptr<const Compiled>> Find(const std::string& id, uint32_t version) const {
-    ASSIGN_OR_RETURN(Found f, FindVersion(id, version));
-    const Entry& e = *f.entry;
-    const uint32_t v = f.version;
-    if (e.compiled[v - 1] == nullptr) {
-      return absl::FailedPreconditionError(absl::StrCat(Traits::kSingular, " \"", id, "\" version ", v, " ",
-                                                        policy_.not_compiling, ": ", e.compile_errors[v - 1]));
-    }
-    return e.compiled[v - 1];
-  }
-
-  // One summary (the id field, latest_version, num_versions) per id, sorted by id.
-  template <typename Summary>
-  std::vector<Summary> Summaries() const {
-    auto snap = snapshot();
-    std::vector<Summary> out;
-    for (const auto& [id, e] : snap->entries) {
-      Summary& sum = out.emplace_back();
-      Traits::SetId(&sum, id);
-      sum.set_latest_version(static_cast<uint32_t>(e->records.size()));
-      sum.set_num_versions(static_cast<uint32_t>(e->records.size()));
-    }
-    std::sort(out.begin(), out.end(), [](const Summary& a, const Summary& b) { return Traits::Id(a) < Traits::Id(b); });
-    return out;
-  }
-
-  std::shared_ptr<const Snapshot> snapshot() const {
-    return std::atomic_load_explicit(&snapshot_, std::memory_order_acquire);
-  }
-
- private:
   // Shared with the callbacks given to the store and to listeners, which may run on their threads
   // until they are destroyed: the destructor clears `self`, waiting for one in progress.
   struct Guard {
     absl::Mutex mu;
     VersionedConfigs* self ABSL_GUARDED_BY(mu) = nullptr;
   };
-
-  VersionedConfigs(ConfigStore* store, CompileFn compile, Policy policy)
-      : store_(store),
-        compile_(std::move(compile)),
-        policy_(std::move(policy)),
-        snapshot_(std::make_shared<const Snapshot>()) {}
 
   struct Found {
     std::shared_ptr<const Snapshot> snap;  // keeps `entry` alive
