@@ -305,8 +305,10 @@ TEST(DatasetsE2E, KillDuringALoadServesThePreviousVersionAfterRestart) {
 
   Child loader;
   std::string error;
+  // Checked before the swap: the rate-limited checksum pass keeps the load running for seconds (a
+  // default load does only O(files) work before its swap and could finish before the kill).
   ASSERT_TRUE(loader.Spawn({KoshBinary(), "dataset", "load", "--server", server.grpc_target(), "--dataset", "ds",
-                            "--rate-limit", "512KiB", big},
+                            "--rate-limit", "512KiB", "--verify", "before-swap", big},
                            dir.File("load.out"), dir.File("load.err"), &error))
       << error;
   v1::VersionState state = v1::VERSION_STATE_UNSPECIFIED;
