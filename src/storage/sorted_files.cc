@@ -1,8 +1,8 @@
 #include "storage/sorted_files.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -284,20 +284,18 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path, IoThrottle* throt
   // No readahead: every read asks the disk for exactly the range it needs, never for a
   // multi-megabyte readahead window.
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
-  // A mapping of the file, never touched, to ask mincore() which ranges are cached; and for kDirect
-  // a second descriptor with O_DIRECT for the ranges that are not. Without O_DIRECT (a filesystem
-  // that refuses it) the disk reads go through the cache; without the mapping, or where mincore()
-  // reports only pages this process mapped (a file the server neither owns nor may write), every
-  // range counts as not cached.
-  void* map = nullptr;
+  // For the modes that read around the cache, a second descriptor with O_DIRECT for the ranges that
+  // are not cached. Without it (a filesystem that refuses O_DIRECT) the disk reads go through the
+  // cache.
   int dfd = -1;
-  if (size > 0) {
-    if (mode != ReadMode::kDirectOnly) {  // (no mapping: every range counts as not cached)
-      map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-      if (map == MAP_FAILED) map = nullptr;
-    }
-    if (mode != ReadMode::kCached) dfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-  }
+  if (size > 0 && mode != ReadMode::kCached) dfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  // Which ranges are cached: a read with RWF_NOWAIT returns only bytes the page cache holds (a
+  // short read stops at the first page it does not; EAGAIN if that is the first). Unlike the
+  // mincore() probe it replaces, it maps nothing into the process (that probe mapped and unmapped
+  // every file in the server's address space) and it sees every cached page, also of files the
+  // process may not write. Where the kernel or filesystem refuses it, every range counts as not
+  // cached.
+  bool probe = mode != ReadMode::kDirectOnly;
   const size_t page = static_cast<size_t>(std::max<long>(::sysconf(_SC_PAGESIZE), 4096));
   // Throttled reads go in small steps so that the rate is smooth and a cancel is seen quickly.
   size_t chunk = throttle != nullptr && throttle->rate() > 0
@@ -313,7 +311,6 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path, IoThrottle* throt
     void operator()(void* p) const { std::free(p); }
   };
   std::unique_ptr<char, FreeDeleter> buf(static_cast<char*>(std::aligned_alloc(page, chunk)));
-  std::vector<unsigned char> resident(chunk / page);
   FileDigest d;
   absl::Status st;
   if (!buf) st = absl::ResourceExhaustedError(absl::StrCat("reading ", path, ": out of memory"));
@@ -326,22 +323,22 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path, IoThrottle* throt
     // The next read: the cached pages from `off` on (up to `chunk`) from the cache; or, if the page
     // at `off` is not cached, `disk_chunk` bytes from the disk (whatever of them is cached: one
     // 256 KiB read costs little more than one 4 KiB read, many small ones cost far more).
-    size_t cached_bytes = 0;
+    ssize_t r = -1;
+    bool done = false;  // `r` holds this step's read
     if (off >= size || off % page != 0) {
-      cached_bytes = chunk;  // at the end of the file, or after a short read: no disk read to size
-    } else if (map != nullptr) {
-      const size_t len = static_cast<size_t>(std::min<uint64_t>(chunk, size - off));
-      const size_t pages = (len + page - 1) / page;
-      if (::mincore(static_cast<char*>(map) + off, len, resident.data()) == 0) {
-        size_t i = 0;
-        while (i < pages && (resident[i] & 1) != 0) ++i;
-        cached_bytes = i * page;
+      // At the end of the file, or after a short read: no disk read to size.
+      r = ::pread(fd, buf.get(), chunk, static_cast<off_t>(off));
+      done = true;
+    } else if (probe) {
+      struct iovec v = {buf.get(), chunk};
+      r = ::preadv2(fd, &v, 1, static_cast<off_t>(off), RWF_NOWAIT);
+      if (r >= 0 || (errno != EAGAIN && errno != EOPNOTSUPP && errno != EINVAL)) {
+        done = true;  // from the cache, or an error reported below
+      } else if (errno != EAGAIN) {
+        probe = false;  // RWF_NOWAIT refused here: no more probes
       }
     }
-    ssize_t r;
-    if (cached_bytes > 0) {
-      r = ::pread(fd, buf.get(), cached_bytes, static_cast<off_t>(off));
-    } else {
+    if (!done) {
       const bool direct = dfd >= 0;
       if (gate != nullptr) gate->Lock();
       r = ::pread(direct ? dfd : fd, buf.get(), disk_chunk, static_cast<off_t>(off));
@@ -364,7 +361,6 @@ absl::StatusOr<FileDigest> DigestFile(const std::string& path, IoThrottle* throt
     d.bytes += static_cast<uint64_t>(r);
     if (throttle != nullptr) throttle->Acquire(static_cast<uint64_t>(r));
   }
-  if (map != nullptr) ::munmap(map, size);
   if (dfd >= 0) ::close(dfd);
   ::close(fd);
   if (!st.ok()) return st;
