@@ -13,7 +13,7 @@
 #
 #   --input-gb G       raw CSV input to generate (default 5): ~1.85M users per GB, 20-50 items each
 #   --rate R           reader requests/s, 3 keys each (default 1000)
-#   --rounds N         measurement rounds (default 8); each is: idle window, load with the default
+#   --rounds N         measurement rounds (default 12); each is: idle window, load with the default
 #                      verification (whole-file checksums checked after the swap), idle window,
 #                      load with the checksums checked before the swap (--verify before-swap)
 #   --window S         length of every measured window in seconds (default 3). A load window starts
@@ -48,7 +48,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 INPUT_GB=5
 RATE=1000
-ROUNDS=8
+ROUNDS=12
 WINDOW=3
 WRITERS=4
 ONLINE_MAX=900
@@ -94,7 +94,9 @@ if [ "$AVAIL_KB" -lt "$NEED_KB" ]; then
 fi
 
 T_START=$(date +%s)
-log() { printf '[%4ds] %s\n' $(( $(date +%s) - T_START )) "$*" >&2; }
+# (printf's %(...)T, not date: a process started while a window is measured is a disturbance of
+# its own on this VM; 50 process starts a second raised readers' p99 2.5x.)
+log() { local now; printf -v now '%(%s)T' -1; printf '[%4ds] %s\n' $(( now - T_START )) "$*" >&2; }
 now_ns() { date +%s%N; }
 
 TMP=$(mktemp -d "$WORK_PARENT/kosh-ds-bench.XXXXXX")
