@@ -1,5 +1,6 @@
 // The kosh binary: `kosh serve` runs the server; the other subcommands are a small gRPC client.
 // Run `kosh help` for usage.
+#include <malloc.h>
 #include <signal.h>
 
 #include <atomic>
@@ -56,6 +57,15 @@ int Fail(const absl::Status& s) {
 // --- serve ---------------------------------------------------------------------------------------
 
 int Serve(const std::vector<std::string>& args) {
+  // Keep freed memory for reuse instead of handing it back to the kernel: blocks up to 32 MiB come
+  // from malloc's arenas (not from mmap, whose munmap gives them back at every free), and an
+  // arena gives back its free top only beyond 1 GiB. A dataset load allocates its version's index
+  // and filter blocks (tens of MB) while a dropped version frees as much; with glibc's defaults
+  // every load faulted all of it in afresh (5,900 page faults, ~0.1 s of a 0.14 s ingest at 5 GB
+  // on this project's VM, with readers' latency up while it lasted). The price: the process's
+  // resident size stays at its high-water mark.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   std::string config_path;
   std::vector<std::string> rest;
   for (size_t i = 0; i < args.size(); ++i) {

@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "base/config.h"
 #include "base/status.h"
 #include "nlohmann/json.hpp"
@@ -420,6 +421,7 @@ absl::StatusOr<std::unique_ptr<DatasetManager>> DatasetManager::Open(DatasetsOpt
   std::unique_ptr<DatasetManager> m(new DatasetManager(std::move(options), metrics));
   m->corrupt_values_ = metrics->GetCounter("kosh_dataset_corrupt_values_total",
                                            "Stored dataset values that could not be decoded.");
+  m->store_thread_ = std::thread([p = m.get()] { p->StoreLoop(); });
   RETURN_IF_ERROR(m->Recover());
   m->RegisterMetrics();
   m->reaper_ = std::thread([p = m.get()] { p->ReaperLoop(); });
@@ -445,6 +447,11 @@ DatasetManager::~DatasetManager() {
     stop_ = true;
   }
   if (reaper_.joinable()) reaper_.join();
+  {
+    absl::MutexLock lock(&store_mu_);
+    store_stop_ = true;  // (no load is running any more: the asynchronous ones were joined above)
+  }
+  if (store_thread_.joinable()) store_thread_.join();
   view_.store(std::make_shared<const View>());
   absl::MutexLock lock(&mu_);
   datasets_.clear();
@@ -571,7 +578,10 @@ absl::Status DatasetManager::RecoverDataset(const std::string& name) {
         r.state = State::kFailed;
         r.failure = "manifest.json missing or unreadable";
       } else {
-        auto store = storage::SortedStore::Open(vdir + "/db", {cache_, static_cast<int>(r.manifest.bloom_bits)});
+        absl::StatusOr<std::unique_ptr<storage::SortedStore>> store;
+        OnStoreThread([&] {
+          store = storage::SortedStore::Open(vdir + "/db", {cache_, static_cast<int>(r.manifest.bloom_bits)});
+        });
         if (!store.ok()) {
           r.state = State::kFailed;
           r.failure = absl::StrCat("cannot open after restart: ", store.status().message());
@@ -744,6 +754,36 @@ void DatasetManager::ReaperLoop() {
     absl::MutexLock lock(&retired_mu_);
     reaping_ -= done.size();
     retired_mu_.AwaitWithTimeout(absl::Condition(+[](bool* s) { return *s; }, &stop_), absl::Milliseconds(100));
+  }
+}
+
+void DatasetManager::OnStoreThread(const std::function<void()>& fn) {
+  absl::Notification done;
+  {
+    absl::MutexLock lock(&store_mu_);
+    store_jobs_.push_back([&] {
+      fn();
+      done.Notify();
+    });
+  }
+  done.WaitForNotification();
+}
+
+void DatasetManager::StoreLoop() {
+  while (true) {
+    std::function<void()> job;
+    {
+      absl::MutexLock lock(&store_mu_);
+      store_mu_.Await(absl::Condition(
+          +[](DatasetManager* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->store_mu_) {
+            return m->store_stop_ || !m->store_jobs_.empty();
+          },
+          this));
+      if (store_jobs_.empty()) return;  // stopping, and nothing left to run
+      job = std::move(store_jobs_.front());
+      store_jobs_.pop_front();
+    }
+    job();
   }
 }
 
@@ -1349,7 +1389,11 @@ absl::Status DatasetManager::DoLoad(const std::string& name, uint64_t number, co
     Publish();
   }
   const auto ingest_start = Clock::now();
-  ASSIGN_OR_RETURN(auto store, storage::SortedStore::Create(vdir + "/db", staged, {cache_, static_cast<int>(m.bloom_bits)}));
+  absl::StatusOr<std::unique_ptr<storage::SortedStore>> created;
+  OnStoreThread([&] {
+    created = storage::SortedStore::Create(vdir + "/db", staged, {cache_, static_cast<int>(m.bloom_bits)});
+  });
+  ASSIGN_OR_RETURN(auto store, std::move(created));
   fs::remove_all(staging, ec);
   std::vector<storage::StoredFile> files = store->Files();
   uint64_t entries = 0;
