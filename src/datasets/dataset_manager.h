@@ -187,10 +187,11 @@ class DatasetManager {
   // Runs `fn` on the manager's store thread and returns when it has run. Every store is created
   // and opened there, so the memory of its table readers (index and filter blocks: ~23 MB for a
   // 9M-key version) comes from that one thread's malloc arena, to which a dropped version returns
-  // it; the next load reuses it instead of faulting in fresh pages. (Loads ran on whichever gRPC
-  // thread took the call, spread over many arenas: each load faulted in its 23 MB again, 5,900
-  // page faults that took ~0.1 s of a 0.14 s ingest on this project's VM and delayed readers.
-  // `kosh serve` also keeps freed memory from being trimmed; see src/cli/main.cc.)
+  // it; the next load reuses it instead of faulting in fresh pages. (Each load ran on a thread of
+  // its own, so its memory came from whichever arena that thread got: each load faulted its 23 MB
+  // in again, 5,900 page faults that took ~0.1 s of a 0.14 s ingest on this project's VM, while
+  // readers waited longer. `kosh serve` also keeps freed memory from being trimmed; see
+  // src/cli/main.cc.)
   void OnStoreThread(const std::function<void()>& fn);
   void StoreLoop();
 
