@@ -815,7 +815,9 @@ declare:
 
   // When checksums are checked: after the swap unless configured; verify_checksums is the older spelling.
   EXPECT_EQ(ParseDatasetsOptions(YAML::Node(), "/data")->verify, VerifyMode::kAfterSwap);
-  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("check_rate_limit: 200MiB"), "/data")->check_rate_limit, 200ull << 20);
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Node(), "/data")->check_rate_limit, 200ull << 20);  // paced by default
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("check_rate_limit: 1GiB"), "/data")->check_rate_limit, 1ull << 30);
+  EXPECT_EQ(ParseDatasetsOptions(YAML::Load("check_rate_limit: 0"), "/data")->check_rate_limit, 0u);  // unlimited
   EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify: before_swap"), "/data")->verify, VerifyMode::kBeforeSwap);
   EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify: structure_only"), "/data")->verify, VerifyMode::kStructureOnly);
   EXPECT_EQ(ParseDatasetsOptions(YAML::Load("verify_checksums: true"), "/data")->verify, VerifyMode::kBeforeSwap);
