@@ -38,8 +38,9 @@
 # the same length. `uptime` is recorded at the start, between phases and at the end.
 #
 # Smoke test of the script: bench/datasets.sh --input-gb 0.2 --rounds 2 --online-max-s 20
-# At --input-gb 1 it takes about 3 minutes here; at the defaults (5 GB) about 10 minutes (generation
-# and build ~1 min, loads 2-4 min, online path up to --online-max-s). Everything it starts is stopped
+# At --input-gb 1 it takes about 3 minutes here; at the defaults (5 GB) about 11 minutes (generation
+# and build ~1 min, loads ~7 min: the paced after-swap check takes 13 s, online path up to
+# --online-max-s). Everything it starts is stopped
 # and its files removed on exit. The measurement holds /tmp/kosh-bench.lock (flock) so it never
 # overlaps another benchmark on this machine. It prints a table and, as its last line, one JSON
 # object with the figures.
