@@ -421,7 +421,6 @@ absl::StatusOr<std::unique_ptr<DatasetManager>> DatasetManager::Open(DatasetsOpt
   std::unique_ptr<DatasetManager> m(new DatasetManager(std::move(options), metrics));
   m->corrupt_values_ = metrics->GetCounter("kosh_dataset_corrupt_values_total",
                                            "Stored dataset values that could not be decoded.");
-  m->store_thread_ = std::thread([p = m.get()] { p->StoreLoop(); });
   RETURN_IF_ERROR(m->Recover());
   m->RegisterMetrics();
   m->reaper_ = std::thread([p = m.get()] { p->ReaperLoop(); });
@@ -447,11 +446,6 @@ DatasetManager::~DatasetManager() {
     stop_ = true;
   }
   if (reaper_.joinable()) reaper_.join();
-  {
-    absl::MutexLock lock(&store_mu_);
-    store_stop_ = true;  // (no load is running any more: the asynchronous ones were joined above)
-  }
-  if (store_thread_.joinable()) store_thread_.join();
   view_.store(std::make_shared<const View>());
   absl::MutexLock lock(&mu_);
   datasets_.clear();
@@ -759,32 +753,11 @@ void DatasetManager::ReaperLoop() {
 
 void DatasetManager::OnStoreThread(const std::function<void()>& fn) {
   absl::Notification done;
-  {
-    absl::MutexLock lock(&store_mu_);
-    store_jobs_.push_back([&] {
-      fn();
-      done.Notify();
-    });
-  }
+  store_thread_.Schedule([&] {
+    fn();
+    done.Notify();
+  });
   done.WaitForNotification();
-}
-
-void DatasetManager::StoreLoop() {
-  while (true) {
-    std::function<void()> job;
-    {
-      absl::MutexLock lock(&store_mu_);
-      store_mu_.Await(absl::Condition(
-          +[](DatasetManager* m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(m->store_mu_) {
-            return m->store_stop_ || !m->store_jobs_.empty();
-          },
-          this));
-      if (store_jobs_.empty()) return;  // stopping, and nothing left to run
-      job = std::move(store_jobs_.front());
-      store_jobs_.pop_front();
-    }
-    job();
-  }
 }
 
 void DatasetManager::WaitForRetired() {

@@ -30,8 +30,8 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -45,6 +45,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "base/metrics.h"
+#include "base/thread_pool.h"
 #include "datasets/manifest.h"
 #include "datasets/value_codec.h"
 #include "kosh/v1/datasets.pb.h"
@@ -198,7 +199,6 @@ class DatasetManager {
   // readers waited longer. `kosh serve` also keeps freed memory from being trimmed; see
   // src/cli/main.cc.)
   void OnStoreThread(const std::function<void()>& fn);
-  void StoreLoop();
 
   DatasetsOptions options_;
   base::MetricsRegistry* metrics_;
@@ -237,11 +237,8 @@ class DatasetManager {
   uint64_t checks_queued_ ABSL_GUARDED_BY(checks_mu_) = 0;  // wakes a checker waiting for a retry's time
   std::thread checker_;
 
-  // The store thread's queue (OnStoreThread).
-  absl::Mutex store_mu_;
-  std::deque<std::function<void()>> store_jobs_ ABSL_GUARDED_BY(store_mu_);
-  bool store_stop_ ABSL_GUARDED_BY(store_mu_) = false;
-  std::thread store_thread_;
+  // The store thread (OnStoreThread).
+  base::ThreadPool store_thread_{1};
 
   // Versions no longer reachable from the View, waiting for their last reader.
   absl::Mutex retired_mu_;
